@@ -1,0 +1,123 @@
+"""The training loop, which reports progress as plain event dicts.
+
+The loop never prints and never draws: it yields events that the worker stores, the command line prints and
+the pages chart. Every event has a `type`:
+
+- `start`: `trainable`, `total` (parameters), `steps_total`;
+- `step`: `step`, `epoch`, `train/loss`, `seconds` (since the start of training);
+- `eval`: `step`, `epoch`, `val/acc`, `val/loss`, `seconds`;
+- `end`: `status` ("finished", "stopped" or "diverged"), `message`, `step`, `seconds`, `steps_per_second`,
+  `final_acc` (None when no evaluation happened).
+
+No event carries a non-finite number: a non-finite loss ends the run with status "diverged" before it is
+reported.
+"""
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import RunConfig, TrainConfig
+from .methods import build_model
+from .model import count_parameters
+from .tasks import make_data
+
+Data = tuple[torch.Tensor, torch.Tensor]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Data, batch_size: int = 1024) -> tuple[float, float]:
+    """Return (accuracy, mean cross-entropy) of `model` on `data`."""
+    x, y = data
+    was_training = model.training
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i:i + batch_size])
+        correct += (logits.argmax(-1) == y[i:i + batch_size]).sum().item()
+        loss_sum += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
+    model.train(was_training)
+    return correct / len(x), loss_sum / len(x)
+
+
+def train(model: nn.Module, train_data: Data, val_data: Data, config: TrainConfig,
+          should_stop: Callable[[], bool] = lambda: False) -> Iterator[dict]:
+    """Train the parameters of `model` that require grad with AdamW; yield events (see the module docstring).
+
+    Each epoch shuffles with `torch.randperm` on the global generator and evaluates on `val_data` at its end.
+    `should_stop` is called after every step; when it returns True the run evaluates once more and ends
+    with status "stopped", keeping the weights learned so far.
+    """
+    x, y = train_data
+    n = len(x)
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    yield {"type": "start", "trainable": count_parameters(model, trainable_only=True),
+           "total": count_parameters(model), "steps_total": steps_per_epoch * config.epochs}
+
+    start = time.perf_counter()
+    step, final_acc = 0, None
+
+    def end(status: str, message: str) -> dict:
+        seconds = time.perf_counter() - start
+        return {"type": "end", "status": status, "message": message, "step": step, "seconds": seconds,
+                "steps_per_second": step / seconds if seconds > 0 else 0.0, "final_acc": final_acc}
+
+    def evaluation(epoch: float) -> dict:
+        nonlocal final_acc
+        final_acc, val_loss = evaluate(model, val_data)
+        return {"type": "eval", "step": step, "epoch": epoch, "val/acc": final_acc,
+                "val/loss": val_loss if math.isfinite(val_loss) else None,
+                "seconds": time.perf_counter() - start}
+
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        perm = torch.randperm(n)
+        for i in range(0, n, config.batch_size):
+            idx = perm[i:i + config.batch_size]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                yield end("diverged", f"the training loss became {loss_value} at step {step + 1} (epoch {epoch}); "
+                                      f"lower the learning rate (now {config.lr:g}) and train again")
+                return
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            yield {"type": "step", "step": step, "epoch": epoch - 1 + (i + len(idx)) / n,
+                   "train/loss": loss_value, "seconds": time.perf_counter() - start}
+            if should_stop():
+                yield evaluation(epoch - 1 + (i + len(idx)) / n)
+                yield end("stopped", f"stopped at step {step} of {steps_per_epoch * config.epochs}")
+                return
+        yield evaluation(float(epoch))
+    yield end("finished", f"finished {config.epochs} epochs")
+
+
+@dataclass
+class PreparedRun:
+    """A model built for a config, with its data, ready for `events()`."""
+
+    config: RunConfig
+    model: nn.Module
+    train_data: Data
+    val_data: Data
+
+    def events(self, should_stop: Callable[[], bool] = lambda: False) -> Iterator[dict]:
+        return train(self.model, self.train_data, self.val_data, self.config.train, should_stop)
+
+
+def prepare_run(config: RunConfig, base_state: dict[str, torch.Tensor] | None = None) -> PreparedRun:
+    """Build the model (which seeds the global generator) and the run's training and validation data."""
+    model = build_model(config, base_state)
+    t = config.train
+    train_data = make_data(config.task, t.n_train, t.train_data_seed, config.model)
+    val_data = make_data(config.task, t.n_val, t.val_data_seed, config.model)
+    return PreparedRun(config, model, train_data, val_data)
