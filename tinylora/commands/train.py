@@ -1,0 +1,79 @@
+"""`python -m tinylora train`: one training run with the same library code the app's workers use."""
+
+import argparse
+import json
+import sys
+
+from ..config import METHODS, QuantOptions, RunConfig, TrainConfig
+from ..lora import TARGETABLE, LoRAConfig
+from ..tasks import TASKS
+from ..training import prepare_run
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per Train page control, with the reference run's defaults."""
+    d, dl, dt = RunConfig(), LoRAConfig(), TrainConfig()
+    parser.add_argument("--method", choices=list(METHODS), default=d.method)
+    parser.add_argument("--task", choices=list(TASKS), default=d.task)
+    parser.add_argument("--r", type=int, default=dl.r, help="LoRA rank (default %(default)s)")
+    parser.add_argument("--lora-alpha", type=float, default=dl.lora_alpha,
+                        help="LoRA alpha; the update is scaled by lora_alpha / r (default %(default)s)")
+    parser.add_argument("--targets", default=",".join(dl.target_modules),
+                        help=f"comma-separated modules to adapt, from {','.join(TARGETABLE)} (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=dt.lr, help="AdamW learning rate (default %(default)s)")
+    parser.add_argument("--epochs", type=int, default=dt.epochs)
+    parser.add_argument("--batch-size", type=int, default=dt.batch_size)
+    parser.add_argument("--seed", type=int, default=dt.seed,
+                        help="seeds model and adapter initialisation and the batch order (default %(default)s)")
+    parser.add_argument("--quant-modules", choices=["all", "targets"], default=QuantOptions().modules,
+                        help="QLoRA: quantize every frozen block linear, or only the LoRA targets as the "
+                             "reference notebook does (default %(default)s)")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    return RunConfig(
+        method=args.method,
+        task=args.task,
+        lora=LoRAConfig(r=args.r, lora_alpha=args.lora_alpha, target_modules=targets),
+        train=TrainConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed),
+        quant=QuantOptions(modules=args.quant_modules),
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the log")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args).validate()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    prepared = prepare_run(config)
+    history, summary = [], {}
+    for event in prepared.events():
+        if event["type"] == "start":
+            summary.update(trainable=event["trainable"], total=event["total"])
+            if not args.json:
+                share = 100 * event["trainable"] / event["total"]
+                print(f"trainable: {event['trainable']:,} / {event['total']:,} ({share:.2f}%)")
+        elif event["type"] == "eval":
+            history.append({"epoch": event["epoch"], "step": event["step"], "val/acc": event["val/acc"],
+                            "val/loss": event["val/loss"], "train/loss": last_loss})
+            if not args.json:
+                print(f"epoch {event['epoch']:g} loss={last_loss:.3f} val_acc={event['val/acc']:.3f}")
+        elif event["type"] == "step":
+            last_loss = event["train/loss"]
+        elif event["type"] == "end":
+            summary.update(status=event["status"], message=event["message"], final_acc=event["final_acc"],
+                           seconds=event["seconds"], steps_per_second=event["steps_per_second"])
+    if args.json:
+        print(json.dumps({"config": config.to_dict(), **summary, "history": history}, indent=2))
+    else:
+        print(f"{summary['status']} in {summary['seconds']:.1f}s ({summary['steps_per_second']:.1f} steps/s), "
+              f"final val_acc={summary['final_acc']:.3f}" if summary["final_acc"] is not None
+              else f"{summary['status']}: {summary['message']}")
+    return 0 if summary["status"] == "finished" else 1
