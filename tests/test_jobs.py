@@ -29,7 +29,7 @@ def test_run_finishes_with_events_and_weights(store):
     assert sum(e["type"] == "eval" for e in events) == 2
     assert run.final_acc == events[-2]["val/acc"]
     assert run.summary["trainable"] == 6_274
-    assert (store.run_dir(run_id) / "trainable.safetensors").is_file()
+    assert (store.run_dir(run_id) / "adapter" / "adapter_model.safetensors").is_file()
 
 
 def test_worker_matches_in_process_training(store):
@@ -50,7 +50,7 @@ def test_stop_ends_run_and_keeps_weights(store):
     assert run.status == "stopped"
     assert run.summary["step"] < 500 * 16
     assert run.final_acc is not None
-    assert (store.run_dir(run_id) / "trainable.safetensors").is_file()
+    assert (store.run_dir(run_id) / "adapter" / "adapter_model.safetensors").is_file()
 
 
 def test_cap_queues_extra_runs(store, monkeypatch):

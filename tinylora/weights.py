@@ -1,30 +1,26 @@
-"""Saving a trained run's weights to its run directory (safetensors, written atomically)."""
+"""A trained run's weights in its run directory: a PEFT-layout adapter, or a full model's state."""
 
-import os
-import tempfile
 from pathlib import Path
 
-import torch
 import torch.nn as nn
-from safetensors.torch import save_file
 
+from .adapter_files import FULL_STATE_NAME, save_adapter, save_full_state
 from .config import RunConfig
+
+ADAPTER_DIR = "adapter"
+
+
+def base_model_name(config: RunConfig) -> str:
+    """Name of the frozen base a run's adapter belongs to, written as PEFT's `base_model_name_or_path`."""
+    return f"tinylora/TinyClassifier:{config.base}:seed={config.train.seed}"
 
 
 def save_trained(model: nn.Module, run_dir: Path, config: RunConfig) -> Path:
-    """Write every trainable tensor of `model` to `run_dir/trainable.safetensors`; refuse non-finite values."""
-    tensors = {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
-    for name, tensor in tensors.items():
-        if not torch.isfinite(tensor).all():
-            raise ValueError(f"refusing to save {name}: it contains NaN or infinite values")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "trainable.safetensors"
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"method": config.method, "task": config.task})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Write a LoRA run's adapter (PEFT layout) or a full finetune's state to `run_dir`; return the path.
+
+    Both writers are atomic and reject non-finite tensors.
+    """
+    if config.uses_lora:
+        return save_adapter(model, run_dir / ADAPTER_DIR, config.lora, base_model_name_or_path=base_model_name(config),
+                            overwrite=True)
+    return save_full_state(model, run_dir / FULL_STATE_NAME)
