@@ -15,6 +15,32 @@ page_header("Train", "Pick a fine-tuning method and its hyperparameters, press T
                      "transformer learn on this CPU. The run trains in a worker process, so clicks, page switches "
                      "and refreshes never stop it.")
 
+
+def start_run() -> None:
+    """Queue a run with the settings drawn in the last script run (a button callback, before the rerun)."""
+    run_id = st.query_params.get("run")
+    current = store.get_run(run_id) if run_id else None
+    config = st.session_state.get("_train_config")
+    if current is not None and current.active:
+        st.session_state._train_notice = f"Run {current.id} is still {current.status}; stop it before starting another."
+    elif config is None:
+        st.session_state._train_notice = "The settings are invalid; fix the error shown under them."
+    else:
+        try:
+            new_id = jobs.submit(store, "train", config.to_dict(), owner=session_owner())
+        except (ValueError, StoreError) as error:
+            st.session_state._train_notice = str(error)
+        else:
+            st.query_params["run"] = new_id
+            st.session_state._train_loaded = new_id
+
+
+def stop_run() -> None:
+    run_id = st.query_params.get("run")
+    if run_id:
+        store.request_stop(run_id)
+
+
 run_id = st.query_params.get("run")
 run = store.get_run(run_id) if run_id else None
 
@@ -31,33 +57,18 @@ active = run is not None and run.active
 with st.sidebar:
     st.subheader("Settings")
     config, error = run_config_controls("train_")
+    st.session_state._train_config = config
     if error:
         st.error(error, icon=":material/error:")
     col_train, col_stop = st.columns(2)
-    train_clicked = col_train.button("Train", type="primary", key="train_button", disabled=active or error is not None,
-                                     width="stretch", help="Start a run with these settings")
-    stop_clicked = col_stop.button("Stop", key="stop_button", disabled=not active, width="stretch",
-                                   help="Stop the run; it keeps what it learned so far")
+    col_train.button("Train", type="primary", key="train_button", disabled=active or error is not None,
+                     width="stretch", help="Start a run with these settings", on_click=start_run)
+    col_stop.button("Stop", key="stop_button", disabled=not active, width="stretch",
+                    help="Stop the run; it keeps what it learned so far", on_click=stop_run)
 
-if stop_clicked and run is not None:
-    store.request_stop(run.id)
-    run = store.get_run(run.id)
-
-if train_clicked:
-    current = store.get_run(run_id) if run_id else None
-    if current is not None and current.active:
-        st.info(f"Run {current.id} is still {current.status}; stop it before starting another.")
-    elif config is None:
-        st.error(error)
-    else:
-        try:
-            run_id = jobs.submit(store, "train", config.to_dict(), owner=session_owner())
-        except (ValueError, StoreError) as submit_error:
-            st.error(str(submit_error))
-        else:
-            st.query_params["run"] = run_id
-            st.session_state._train_loaded = run_id
-            st.rerun()
+notice = st.session_state.pop("_train_notice", None)
+if notice:
+    st.info(notice)
 
 if run_id:
     live_run_view(store, run_id, key="train")

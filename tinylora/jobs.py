@@ -308,7 +308,8 @@ def execute(store: RunStore, run_id: str, kind: str, params: dict[str, Any]) -> 
                                  event.get("seconds"))
                 log.info("run %s %s", run_id, event["status"])
                 return 0
-            elif time.monotonic() - last_flush >= FLUSH_SECONDS:
+            elif event["type"] == "eval" or event.get("step") == 1 or time.monotonic() - last_flush >= FLUSH_SECONDS:
+                # The first step and every evaluation go out at once, so charts show them without delay.
                 store.append_events(run_id, buffer)
                 buffer, last_flush = [], time.monotonic()
         if buffer:
