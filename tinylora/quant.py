@@ -260,9 +260,10 @@ class QuantizedLinear(nn.Module):
 
     def requantize(self) -> None:
         """Quantize `dequantize(codes) + merged_delta` into new codes and drop the float delta."""
+        state = self.scheme.quantize(self.weight)
         for key in self.state_keys:
             delattr(self, f"q_{key}")
-        self._store(self.scheme.quantize(self.weight))
+        self._store(state)
         self.merged_delta = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
