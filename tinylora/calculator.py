@@ -1,6 +1,6 @@
 """The tiny model's memory arithmetic applied to published open models.
 
-`PRESETS` holds the shapes of three well-known decoder models, read from their published Hugging Face
+`PRESETS` contains the shapes of three well-known decoder models, read from their published Hugging Face
 `config.json` files (the copies opened are cited next to each preset). `llm_architecture` turns such a config
 into the `Architecture` that `tinylora.memory.estimate_memory` understands, and `calculator_table` lists full
 finetuning, LoRA and QLoRA side by side, so an adapter's size in MB sits next to the checkpoint's in GB.

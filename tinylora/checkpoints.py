@@ -32,7 +32,7 @@ FORMAT_VERSION = 1  # part of the cache key: bump it when the stored layout chan
 
 @dataclass(frozen=True)
 class BaseRecipe:
-    """How a finetuned base is trained: full finetuning of every parameter with AdamW."""
+    """Training recipe of a finetuned base: full finetuning of every parameter with AdamW."""
 
     lr: float = 1e-3
     epochs: int = 8

@@ -242,7 +242,7 @@ def trainable_parameters_table(ranks: tuple[int, ...] = RANKS, target_sets: dict
 
 
 def parameter_breakdown(config: RunConfig = RunConfig()) -> pd.DataFrame:
-    """Return one row per module that holds tensors of its own, for the model `config` builds.
+    """Return one row per module with tensors of its own, for the model `config` builds.
 
     Columns: module (qualified name), kind (class name, or "LoRA A" / "LoRA B"), storage ("float32" or the
     quantization scheme's label), parameters (weights, a quantized weight counted by element), trainable,

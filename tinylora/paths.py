@@ -1,4 +1,4 @@
-"""Where tinylora keeps its files: cached bases, runs and adapters live under one data directory."""
+"""The data directory, under which tinylora keeps cached bases, runs and adapters."""
 
 import os
 from pathlib import Path

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 QuantState = dict[str, torch.Tensor]
 
-# The 16 NF4 levels as published in bitsandbytes (functional.py, `get_4bit_type("nf4")`): quantiles of a
-# standard normal rescaled to [-1, 1], with an exact zero.
+# The 16 NF4 levels published with bitsandbytes for QLoRA. They are spaced for normally distributed weights,
+# span [-1, 1] and include an exact zero.
 NF4_LEVELS = torch.tensor([
     -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
     -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
@@ -128,7 +128,7 @@ class NF4:
         blocks = self._blocks(flat)  # (n_blocks, block_size), the last block zero-padded
         absmax = blocks.abs().amax(dim=1)  # (n_blocks,)
 
-        # Normalize each block to [-1, 1] and round to the nearest level; bucketize returns the level index.
+        # Normalize each block to [-1, 1] and round to the nearest level. Bucketize returns the level's index.
         normalized = blocks / torch.where(absmax > 0, absmax, torch.ones_like(absmax))[:, None]
         codes = torch.bucketize(normalized, NF4_MIDPOINTS).reshape(-1)[:flat.numel()].to(torch.uint8)
 

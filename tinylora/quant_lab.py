@@ -1,4 +1,4 @@
-"""What quantization does to a frozen base: error statistics, NF4 blocks, accuracy, and QLoRA's recovery.
+"""Quantization reports on a frozen base: error statistics, NF4 blocks, accuracy, and QLoRA's recovery.
 
 Every function returns plain data (dicts, numpy arrays, pandas DataFrames) for the Quantization lab page and
 the `quant` command. The report functions are cached per argument tuple within the process and return
@@ -163,8 +163,8 @@ def nf4_block(base: str = "random", layer: str = "blocks.0.qkv", block_index: in
     """Return one NF4 block of a layer: its weights, absmax, the 16 levels scaled by absmax, codes and values.
 
     Keys: layer, block_index, n_blocks, block_size, absmax (float, as the forward pass uses it), weights,
-    levels (16 values: NF4_LEVELS * absmax), codes (level index per weight), dequantized, error
-    (numpy arrays; the last block of a layer may be shorter than block_size).
+    levels (16 values: NF4_LEVELS * absmax), codes (level index per weight), dequantized and error.
+    The arrays are numpy, and the last block of a layer may be shorter than block_size.
     """
     weights = linear_weights(base, home, model, seed)
     if layer not in weights:

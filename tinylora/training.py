@@ -120,7 +120,7 @@ def prepare_run(config: RunConfig, base_state: dict[str, torch.Tensor] | None = 
     """Build the model (which seeds the global generator) and the run's training and validation data.
 
     Without `base_state`, a finetuned `config.base` is loaded from the cache under `home` (default:
-    `data_home()`) and trained there first if it is missing; the random base needs neither.
+    `data_home()`), which trains it first if it is missing. The random base needs no file.
     """
     if base_state is None and config.base != RANDOM_BASE:
         # Imported here because tinylora.checkpoints trains its bases with this module.
