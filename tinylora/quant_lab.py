@@ -24,6 +24,7 @@ from .checkpoints import load_base_state
 from .config import METHODS, QuantOptions, RunConfig, TrainConfig, base_task
 from .lora import TARGETABLE, lora_layers
 from .model import ModelConfig, TinyClassifier
+from .paths import data_home
 from .quant import NF4, NF4_LEVELS, QuantConfig, QuantizedLinear, get_scheme, quantize_model
 from .tasks import make_data
 from .training import Data, evaluate, prepare_run
@@ -64,8 +65,8 @@ def lab_schemes(block_size: int = 64) -> tuple[SchemeChoice, ...]:
 # Base weights
 
 @functools.lru_cache(maxsize=16)
-def _base_state(base: str, home: str | None, model: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
-    state = load_base_state(base, Path(home) if home is not None else None, model)
+def _base_state(base: str, home: str, model: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
+    state = load_base_state(base, Path(home), model)
     if state is None:
         # The random base: the initialisation that `seed` gives, drawn without touching the caller's generator.
         with torch.random.fork_rng():
@@ -91,17 +92,18 @@ def linear_weights(base: str = "random", home: Path | None = None, model: ModelC
             for i in range(model.n_layers) for name in TARGETABLE}
 
 
-def _key(home: Path | None) -> str | None:
-    return None if home is None else str(home)
+def _key(home: Path | None) -> str:
+    """Return the cache key of a data directory, resolving the default now so that a changed one is noticed."""
+    return str(home if home is not None else data_home())
 
 
 # Error statistics
 
 @functools.lru_cache(maxsize=64)
-def _errors(base: str, home: str | None, model: ModelConfig, seed: int, choice: SchemeChoice) -> dict:
+def _errors(base: str, home: str, model: ModelConfig, seed: int, choice: SchemeChoice) -> dict:
     scheme = choice.build()
     result = {}
-    for layer, w in linear_weights(base, Path(home) if home else None, model, seed).items():
+    for layer, w in linear_weights(base, Path(home), model, seed).items():
         state = scheme.quantize(w)
         error = (w - scheme.dequantize(state, w.shape)).reshape(-1)
         result[layer] = (w.reshape(-1), error, sum(t.numel() * t.element_size() for t in state.values()))
@@ -201,13 +203,13 @@ def quantized_base(base: str, choice: SchemeChoice, home: Path | None = None, mo
 
 
 @functools.lru_cache(maxsize=32)
-def _accuracy_table(base: str, choices: tuple[SchemeChoice, ...], task: str, home: str | None, model: ModelConfig,
+def _accuracy_table(base: str, choices: tuple[SchemeChoice, ...], task: str, home: str, model: ModelConfig,
                     seed: int) -> pd.DataFrame:
     val = validation_data(task, model)
-    float_model = base_model(base, Path(home) if home else None, model, seed)
+    float_model = base_model(base, Path(home), model, seed)
     float_predictions = _predict(float_model, val[0])
     models = [("float32", "float32", float_model)]
-    models += [(c.scheme, c.label, quantized_base(base, c, Path(home) if home else None, model, seed))
+    models += [(c.scheme, c.label, quantized_base(base, c, Path(home), model, seed))
                for c in choices]
     rows = []
     for scheme, label, classifier in models:
