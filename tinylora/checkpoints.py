@@ -9,7 +9,7 @@ training its own. Loaded bases are also kept in memory for the life of the proce
 """
 
 import dataclasses
-import fcntl
+import fcntl  # NOTE: POSIX only, so caching a finetuned base does not work on Windows
 import hashlib
 import json
 import os
