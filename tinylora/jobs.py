@@ -32,6 +32,8 @@ log = logging.getLogger("tinylora.jobs")
 # Job kind -> "module:function" of a generator that yields the job's events.
 JOB_KINDS = {
     "train": "tinylora.jobs:train_job",
+    "base": "tinylora.jobs:base_job",
+    "absorb": "tinylora.jobs:absorb_job",
 }
 
 FLUSH_SECONDS = 0.1  # how often a worker writes buffered events to the store
@@ -69,11 +71,60 @@ def train_job(params: dict[str, Any], ctx: JobContext) -> Iterator[dict]:
     from .training import prepare_run
     from .weights import save_trained
 
-    prepared = prepare_run(RunConfig.from_dict(params))
+    config = RunConfig.from_dict(params)
+    yield from _base_status(config.base, config.model, ctx.store.home)
+    prepared = prepare_run(config, home=ctx.store.home)
     for event in prepared.events(ctx.should_stop):
         if event["type"] == "end" and event["status"] in ("finished", "stopped"):
             save_trained(prepared.model, ctx.run_dir, prepared.config)
         yield event
+
+
+def base_job(params: dict[str, Any], ctx: JobContext) -> Iterator[dict]:
+    """Train and cache the finetuned base `params["base"]`, or only load it when it is cached already.
+
+    The end event's `final_acc` is the base's validation accuracy on its own task, read from the cache file.
+    NOTE: training a base cannot be stopped part way; it runs to the end of its recipe (seconds).
+    """
+    from .checkpoints import base_metadata, base_path, load_base_state
+    from .model import ModelConfig
+
+    start = time.perf_counter()
+    model = ModelConfig(**params.get("model", {}))
+    yield from _base_status(params["base"], model, ctx.store.home)
+    load_base_state(params["base"], ctx.store.home, model)
+    info = base_metadata(base_path(params["base"], ctx.store.home, model))
+    yield {"type": "end", "status": "finished", "final_acc": info["val_acc"],
+           "seconds": time.perf_counter() - start,
+           "message": f"the base {params['base']} is cached (validation accuracy {info['val_acc']:.3f})"}
+
+
+def absorb_job(params: dict[str, Any], ctx: JobContext) -> Iterator[dict]:
+    """Train QLoRA over the quantized base of a `RunConfig`: the events of `absorb_quantization_error`.
+
+    The library yields its "result" event after the training's "end" event, but the worker finishes a run at
+    its end event, so this job holds "end" back and yields it last.
+    """
+    from .config import RunConfig
+    from .quant_lab import absorb_quantization_error
+
+    config = RunConfig.from_dict(params)
+    yield from _base_status(config.base, config.model, ctx.store.home)
+    end = None
+    for event in absorb_quantization_error(config, ctx.store.home, ctx.should_stop):
+        if event["type"] == "end":
+            end = event
+        else:
+            yield event
+    yield end
+
+
+def _base_status(base: str, model, home: Path) -> Iterator[dict]:
+    """Yield a "status" event when `base` must be trained before the job can go on."""
+    from .checkpoints import is_cached
+
+    if not is_cached(base, home, model):
+        yield {"type": "status", "message": f"preparing the base {base} (trained once, then loaded from the cache)"}
 
 
 def _job_function(kind: str) -> Callable[[dict, JobContext], Iterator[dict]]:
@@ -87,9 +138,24 @@ def _job_function(kind: str) -> Callable[[dict, JobContext], Iterator[dict]]:
 def validate_job(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     """Check a job's parameters before it is queued; return them normalised."""
     _job_function(kind)
+    from .config import METHODS, RunConfig, base_task
+
     if kind == "train":
-        from .config import RunConfig
         return RunConfig.from_dict(params).validate().to_dict()
+    if kind == "absorb":
+        config = RunConfig.from_dict(params).validate()
+        if config.quant_scheme is None:
+            raise ValueError(f"an absorb job needs a QLoRA method, got {config.method!r}; choose one of "
+                             f"{', '.join(m for m, scheme in METHODS.items() if scheme)}")
+        return config.to_dict()
+    if kind == "base":
+        unknown = sorted(set(params) - {"base", "model"})
+        if unknown:
+            raise ValueError(f"unknown base job setting(s) {unknown}; known settings are ['base', 'model']")
+        if base_task(params.get("base", "")) is None:
+            raise ValueError(f"a base job trains a finetuned base such as 'finetuned:odd_majority', "
+                             f"got {params.get('base')!r}; the random base needs no training")
+        return params
     return params
 
 
@@ -308,8 +374,10 @@ def execute(store: RunStore, run_id: str, kind: str, params: dict[str, Any]) -> 
                                  event.get("seconds"))
                 log.info("run %s %s", run_id, event["status"])
                 return 0
-            elif event["type"] == "eval" or event.get("step") == 1 or time.monotonic() - last_flush >= FLUSH_SECONDS:
-                # The first step and every evaluation go out at once, so charts show them without delay.
+            elif (event["type"] in ("eval", "status") or event.get("step") == 1
+                  or time.monotonic() - last_flush >= FLUSH_SECONDS):
+                # The first step, every evaluation and every status message go out at once, so pages show
+                # them without delay (a status often precedes a long silent step such as training a base).
                 store.append_events(run_id, buffer)
                 buffer, last_flush = [], time.monotonic()
         if buffer:

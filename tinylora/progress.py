@@ -18,6 +18,7 @@ class RunProgress:
     total: int | None = None
     steps_total: int | None = None
     seconds: float = 0.0  # training time of the latest event
+    status_message: str | None = None  # the latest "status" event, e.g. while a finetuned base is prepared
     last_seq: int = 0
 
     @property
@@ -73,6 +74,8 @@ def read_progress(store: RunStore, run_id: str, previous: RunProgress | None = N
             progress.steps.append(event["step"])
             progress.losses.append(event["train/loss"])
             progress.seconds = event["seconds"]
+        elif kind == "status":
+            progress.status_message = event["message"]
         elif kind == "eval":
             progress.eval_steps.append(event["step"])
             progress.eval_epochs.append(event["epoch"])
