@@ -35,6 +35,23 @@ class LLMConfig:
     torch_dtype: str  # the published checkpoint's dtype
     source: str
 
+    def validate(self) -> "LLMConfig":
+        """Raise ValueError naming the first inconsistent field and how to fix it; return self when valid."""
+        for name in ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
+                     "num_key_value_heads", "vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
+                             f"({self.num_attention_heads}), so that every head has the same size")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                             f"num_key_value_heads ({self.num_key_value_heads}) for grouped-query attention")
+        if self.torch_dtype not in DTYPE_BYTES:
+            raise ValueError(f"unknown torch_dtype {self.torch_dtype!r}; choose one of {', '.join(DTYPE_BYTES)}")
+        return self
+
 
 PRESETS = {
     preset.name: preset
@@ -89,7 +106,7 @@ def calculator_table(preset: str | LLMConfig, r: int = 8, target_modules: tuple[
     state are float32, for full finetuning too. Columns: model, method, double_quant, label, r,
     target_modules, and the keys of `estimate_memory` (byte counts).
     """
-    config = get_preset(preset) if isinstance(preset, str) else preset
+    config = (get_preset(preset) if isinstance(preset, str) else preset).validate()
     arch = llm_architecture(config)
     if not 1 <= r <= config.hidden_size:
         raise ValueError(f"r must be between 1 and {config.hidden_size} for {config.name}, got {r}")

@@ -14,6 +14,7 @@ import functools
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
@@ -274,3 +275,19 @@ def _module_kind(name: str, module: nn.Module) -> str:
         return "LoRA " + parts[-2][-1]
     return type(module).__name__
 
+
+
+def breakdown_by_layer(table: pd.DataFrame) -> pd.DataFrame:
+    """Sum a `parameter_breakdown` table per layer and role, for a stacked chart of what each layer stores.
+
+    A layer is a block linear with its base and adapters ("blocks.0.qkv"), another block module
+    ("blocks.0.ln1") or a top-level module ("tok", "head"). The role of a module is "trainable float32" when
+    all its parameters train, "frozen quantized" when it stores quantized codes (its float bias included),
+    and "frozen float32" otherwise. Columns: layer, role, parameters, bytes, in model order.
+    """
+    parts = table.module.str.split(".")
+    layer = parts.map(lambda p: ".".join(p[:3]) if p[0] == "blocks" else p[0])
+    role = np.where(table.trainable == table.parameters, "trainable float32",
+                    np.where(table.storage != "float32", "frozen quantized", "frozen float32"))
+    grouped = table.assign(layer=layer, role=role).groupby(["layer", "role"], sort=False)
+    return grouped[["parameters", "bytes"]].sum().reset_index()

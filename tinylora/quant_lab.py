@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .checkpoints import load_base_state
 from .config import METHODS, QuantOptions, RunConfig, TrainConfig, base_task
@@ -202,24 +203,35 @@ def quantized_base(base: str, choice: SchemeChoice, home: Path | None = None, mo
     return quantize_model(base_model(base, home, model, seed), config)
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=64)
+def _accuracy_row(base: str, choice: SchemeChoice | None, task: str, home: str, model: ModelConfig,
+                  seed: int) -> tuple[dict, torch.Tensor]:
+    """Evaluate the float base (choice None) or one quantized base; return its row and its predictions.
+
+    Cached per scheme, so that a changed NF4 block size re-evaluates only the NF4 rows.
+    """
+    if choice is None:
+        scheme, label, classifier = "float32", "float32", base_model(base, Path(home), model, seed)
+    else:
+        scheme, label = choice.scheme, choice.label
+        classifier = quantized_base(base, choice, Path(home), model, seed)
+    val = validation_data(task, model)
+    acc, loss, predictions = _evaluate_with_predictions(classifier, val)
+    linear_bytes = sum(m.nbytes if isinstance(m, QuantizedLinear) else m.weight.numel() * 4
+                       for m in _block_linears(classifier))
+    return ({"scheme": scheme, "label": label, "task": task, "val_acc": acc, "val_loss": loss,
+             "linear_weight_bytes": linear_bytes}, predictions)
+
+
 def _accuracy_table(base: str, choices: tuple[SchemeChoice, ...], task: str, home: str, model: ModelConfig,
                     seed: int) -> pd.DataFrame:
-    val = validation_data(task, model)
-    float_model = base_model(base, Path(home), model, seed)
-    float_predictions = _predict(float_model, val[0])
-    models = [("float32", "float32", float_model)]
-    models += [(c.scheme, c.label, quantized_base(base, c, Path(home), model, seed))
-               for c in choices]
+    float_row, float_predictions = _accuracy_row(base, None, task, home, model, seed)
     rows = []
-    for scheme, label, classifier in models:
-        acc, loss = evaluate(classifier, val)
-        linear_bytes = sum(m.nbytes if isinstance(m, QuantizedLinear) else m.weight.numel() * 4
-                           for m in _block_linears(classifier))
-        rows.append({"scheme": scheme, "label": label, "task": task, "val_acc": acc, "val_loss": loss,
-                     "agreement": (_predict(classifier, val[0]) == float_predictions).float().mean().item(),
-                     "linear_weight_bytes": linear_bytes})
-    return pd.DataFrame(rows)
+    for choice in (None, *choices):
+        row, predictions = _accuracy_row(base, choice, task, home, model, seed)
+        rows.append({**row, "agreement": (predictions == float_predictions).float().mean().item()})
+    columns = ["scheme", "label", "task", "val_acc", "val_loss", "agreement", "linear_weight_bytes"]
+    return pd.DataFrame(rows)[columns]
 
 
 def accuracy_table(base: str = "random", choices: tuple[SchemeChoice, ...] | None = None, task: str | None = None,
@@ -235,8 +247,18 @@ def accuracy_table(base: str = "random", choices: tuple[SchemeChoice, ...] | Non
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model(x).argmax(-1)
+def _evaluate_with_predictions(model: nn.Module, data: Data, batch_size: int = 1024) -> tuple[float, float,
+                                                                                            torch.Tensor]:
+    """Return what `training.evaluate` returns, plus the predicted classes, from one forward pass per batch."""
+    x, y = data
+    model.eval()
+    predictions, loss_sum = [], 0.0
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i:i + batch_size])
+        predictions.append(logits.argmax(-1))
+        loss_sum += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
+    predictions = torch.cat(predictions)
+    return (predictions == y).sum().item() / len(x), loss_sum / len(x), predictions
 
 
 def _block_linears(model: nn.Module) -> list[nn.Module]:
