@@ -6,5 +6,7 @@ st.set_page_config(page_title="tinylora", page_icon=":material/model_training:",
 
 pages = [
     st.Page("pages/train.py", title="Train", icon=":material/play_circle:", default=True),
+    st.Page("pages/quantization.py", title="Quantization lab", icon=":material/grain:"),
+    st.Page("pages/parameters.py", title="Parameters and memory", icon=":material/memory:"),
 ]
 st.navigation(pages).run()

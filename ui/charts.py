@@ -1,6 +1,10 @@
 """Plotly figures shared by the pages."""
 
+import textwrap
+
+import numpy as np
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 COLORS = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D"]
 
@@ -36,4 +40,205 @@ def accuracy_chart(series: dict[str, tuple[list[float], list[float]]], title: st
     fig = _layout(fig, title, x_title, "accuracy")
     fig.update_yaxes(range=[0.0, 1.02])
     fig.update_layout(showlegend=len(series) > 1)
+    return fig
+
+
+def _legend_under_title(fig: go.Figure, top: int = 80) -> go.Figure:
+    """Put a horizontal legend between the title and the plot, so the two never overlap."""
+    fig.update_layout(title=dict(y=1.0, yanchor="top", yref="container", pad=dict(t=8)),
+                      margin=dict(t=top), hovermode="closest",
+                      legend=dict(orientation="h", x=0, xanchor="left", y=1.0, yanchor="bottom"))
+    return fig
+
+
+# Quantization lab
+
+def _histogram(values: np.ndarray, bins: int, span: tuple[float, float] | None = None,
+               density: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    counts, edges = np.histogram(values, bins=bins, range=span, density=density)
+    # Plain lists, because Plotly sends numpy arrays base64-encoded, which browser tests cannot count.
+    return ((edges[:-1] + edges[1:]) / 2).tolist(), counts.tolist(), float(edges[1] - edges[0])
+
+
+def error_histograms(errors: dict[str, np.ndarray], subtitles: dict[str, str], layer: str,
+                     bins: int = 61) -> go.Figure:
+    """Histogram of `W - dequantize(quantize(W))` for one layer, one panel per scheme with its own x range.
+
+    `errors` maps a scheme's label to the layer's flat error array; `subtitles` adds a line under each label.
+    Each panel's x axis is in units of a power of ten that suits its range, named in the axis title.
+    """
+    labels = list(errors)
+    fig = make_subplots(rows=1, cols=len(labels), horizontal_spacing=0.05,
+                        subplot_titles=[f"{label}<br><span style='font-size:11px'>{subtitles.get(label, '')}</span>"
+                                        for label in labels])
+    for i, label in enumerate(labels, start=1):
+        values = errors[label]
+        reach = float(np.abs(values).max()) or 1e-12
+        exponent = int(np.floor(np.log10(reach)))
+        unit = 10.0 ** exponent
+        centers, counts, width = _histogram(values / unit, bins, (-reach / unit, reach / unit))
+        fig.add_trace(go.Bar(x=centers, y=counts, width=width, name=label, showlegend=False,
+                             marker=dict(color=COLORS[(i - 1) % len(COLORS)], line=dict(width=0)),
+                             hovertemplate=f"error %{{x:.2f}}×10<sup>{exponent}</sup><br>%{{y}} weights"
+                                           f"<extra>{label}</extra>"),
+                      row=1, col=i)
+        fig.update_xaxes(title_text=f"error (×10<sup>{exponent}</sup>)", nticks=5, tickangle=0, row=1, col=i)
+    fig.update_yaxes(title_text="weights per bin", row=1, col=1)
+    fig.update_annotations(font=dict(size=13))
+    fig.update_layout(title=dict(text=f"Quantization error W − dequantize(quantize(W)) of {layer}", x=0,
+                                 font=dict(size=15)),
+                      height=340, margin=dict(l=10, r=10, t=95, b=10), bargap=0, uirevision="keep")
+    return fig
+
+
+def sqnr_chart(table) -> go.Figure:
+    """Signal-to-quantization-noise ratio per layer (rows of `layer_error_table`), one bar series per scheme."""
+    fig = go.Figure()
+    for i, (label, rows) in enumerate(table.groupby("label", sort=False)):
+        fig.add_trace(go.Bar(x=rows.layer.tolist(), y=rows.sqnr_db.tolist(), name=label, marker_color=COLORS[i % len(COLORS)],
+                             hovertemplate="%{x}: %{y:.1f} dB<extra>" + label + "</extra>"))
+    fig = _layout(fig, "Signal-to-quantization-noise ratio per layer (higher is better)", "layer",
+                  "SQNR (dB)")
+    fig.update_layout(barmode="group")
+    _legend_under_title(fig)
+    fig.update_xaxes(tickangle=-45)
+    return fig
+
+
+def nf4_levels_chart(layer_weights: np.ndarray, block: dict, bins: int = 80) -> go.Figure:
+    """A layer's weight histogram with one NF4 block drawn over it: its weights and its 16 scaled levels.
+
+    `block` is `tinylora.quant_lab.nf4_block(...)`. Both histograms are densities, so they share the y axis.
+    """
+    absmax = block["absmax"]
+    reach = max(float(np.abs(layer_weights).max()), absmax)
+    span = (-reach, reach)
+    fig = go.Figure()
+    centers, density, width = _histogram(layer_weights, bins, span, density=True)
+    fig.add_trace(go.Bar(x=centers, y=density, width=width, name=f"all weights of {block['layer']}",
+                         marker=dict(color="#BBBBBB", line=dict(width=0)),
+                         hovertemplate="weight %{x:.3f}<br>density %{y:.2f}<extra></extra>"))
+    centers, density, width = _histogram(block["weights"], bins // 2, span, density=True)
+    fig.add_trace(go.Bar(x=centers, y=density, width=width, name=f"block {block['block_index']} "
+                                                                  f"({len(block['weights'])} weights)",
+                         marker=dict(color=COLORS[0], opacity=0.75, line=dict(width=0)),
+                         hovertemplate="weight %{x:.3f}<br>density %{y:.2f}<extra></extra>"))
+    top = max(density) * 1.05
+    xs, ys = [], []
+    for level in block["levels"]:
+        xs += [float(level), float(level), None]
+        ys += [0.0, top, None]
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"16 NF4 levels × absmax {absmax:.3f}",
+                             line=dict(color=COLORS[3], width=1.5, dash="dot"), hoverinfo="skip"))
+    fig = _layout(fig, f"NF4 levels over the weights of {block['layer']}, block {block['block_index']} of "
+                       f"{block['n_blocks']}", "weight value", "density")
+    fig.update_layout(barmode="overlay", bargap=0)
+    _legend_under_title(fig)
+    return fig
+
+
+def accuracy_bars(groups: dict[str, dict[str, float | None]], float_acc: float,
+                  title: str = "Validation accuracy by quantization scheme") -> go.Figure:
+    """Grouped accuracy bars: `groups` maps a stage ("before LoRA", ...) to {scheme label: accuracy}.
+
+    The float32 base comes first as its own bar and as a dashed line across the chart.
+    """
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=["float32 (not quantized)"], y=[float_acc], name="float32 base", marker_color="#777777",
+                         text=[f"{float_acc:.3f}"], textposition="outside",
+                         hovertemplate="float32 base<br>accuracy %{y:.3f}<extra></extra>"))
+    for i, (stage, values) in enumerate(groups.items()):
+        labels = [label for label, value in values.items() if value is not None]
+        accs = [values[label] for label in labels]
+        fig.add_trace(go.Bar(x=labels, y=accs, name=stage, marker_color=COLORS[i % len(COLORS)],
+                             text=[f"{acc:.3f}" for acc in accs], textposition="outside", constraintext="none",
+                             hovertemplate="%{x}<br>accuracy %{y:.3f}<extra>" + stage + "</extra>"))
+    fig.add_hline(y=float_acc, line=dict(color="#777777", dash="dash", width=1))
+    fig.add_hline(y=0.5, line=dict(color="#999", dash="dot", width=1), annotation_text="chance",
+                  annotation_position="bottom right")
+    fig = _layout(fig, title, "frozen base storage", "validation accuracy", height=380)
+    fig.update_yaxes(range=[0.0, 1.12], tickvals=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    fig.update_layout(barmode="group")
+    _legend_under_title(fig)
+    return fig
+
+
+# Parameters and memory
+
+def _percent(value: float) -> str:
+    return f"{value:.2f}%" if value < 10 else f"{value:.0f}%"
+
+
+def trainable_parameters_chart(table) -> go.Figure:
+    """Trainable parameters of full finetuning and of LoRA per rank and target set, on a log axis.
+
+    `table` has the columns of `tinylora.memory.trainable_parameters_table`; bars carry the share of full
+    finetuning's trainable parameters.
+    """
+    fig = go.Figure()
+    full = table[table.method == "full"].iloc[0]
+    fig.add_trace(go.Bar(x=["full finetune"], y=[int(full.trainable)], name="full finetune (every parameter)",
+                         marker_color="#555555", text=[_percent(full.percent_of_full)], textposition="outside",
+                         hovertemplate="full finetune: %{y:,} trainable<extra></extra>"))
+    lora = table[table.method == "lora"]
+    for i, (target_set, rows) in enumerate(lora.groupby("target_set", sort=False)):
+        name = f"LoRA on {target_set} ({rows.target_modules.iloc[0].replace(',', '+')})"
+        fig.add_trace(go.Bar(x=[f"r={int(r)}" for r in rows.r], y=rows.trainable.tolist(), name=name,
+                             marker_color=COLORS[i % len(COLORS)], text=[_percent(p) for p in rows.percent_of_full],
+                             textposition="outside", textangle=-90, textfont=dict(size=12), constraintext="none",
+                             customdata=rows.percent_of_full.tolist(),
+                             hovertemplate="%{x}: %{y:,} trainable, %{customdata:.2f}% of full<extra>" + name
+                                           + "</extra>"))
+    fig = _layout(fig, "Trainable parameters (bar labels: % of full finetuning)", "method and rank r",
+                  "trainable parameters (log scale)", height=420)
+    fig.update_yaxes(type="log", range=[3, 6.3], tickformat=",d")
+    fig.update_layout(barmode="group")
+    _legend_under_title(fig)
+    return fig
+
+
+def _wrap(label: str, width: int = 16) -> str:
+    """Break a category label into lines of about `width` characters, so x tick labels stay horizontal."""
+    return "<br>".join(textwrap.wrap(label, width))
+
+
+def memory_chart(table, title: str, unit: str = "KiB") -> go.Figure:
+    """Training memory per method variant, stacked: frozen base, trainable weights, gradients, AdamW state.
+
+    `table` has `label` and the byte columns of `tinylora.memory.estimate_memory`.
+    """
+    scale = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[unit]
+    parts = [("frozen_base_bytes", "frozen base weights"), ("trainable_bytes", "trainable weights"),
+             ("gradient_bytes", "gradients"), ("optimizer_bytes", "AdamW state")]
+    fig = go.Figure()
+    for i, (column, name) in enumerate(parts):
+        fig.add_trace(go.Bar(x=[_wrap(label) for label in table.label], y=(table[column] / scale).tolist(), name=name, marker_color=COLORS[i],
+                             hovertemplate="%{x}<br>" + name + ": %{y:,.1f} " + unit + "<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[_wrap(label) for label in table.label], y=(table.total_bytes / scale).tolist(),
+                             mode="text", showlegend=False,
+                             text=[f"{v / scale:,.1f} {unit}" for v in table.total_bytes], textposition="top center",
+                             hoverinfo="skip"))
+    fig = _layout(fig, title, "method", f"training memory ({unit})", height=420)
+    fig.update_xaxes(tickangle=0)
+    fig.update_yaxes(range=[0, float(table.total_bytes.max()) / scale * 1.15])
+    fig.update_layout(barmode="stack")
+    _legend_under_title(fig)
+    return fig
+
+
+def breakdown_chart(table) -> go.Figure:
+    """Bytes stored per layer of a built model, stacked by role: frozen float, frozen quantized, trainable.
+
+    `table` has the columns layer, role and bytes (one row per layer and role).
+    """
+    fig = go.Figure()
+    roles = ["frozen float32", "frozen quantized", "trainable float32"]
+    for i, role in enumerate(roles):
+        rows = table[table.role == role]
+        fig.add_trace(go.Bar(x=rows.layer.tolist(), y=(rows.bytes / 1024).tolist(), name=role, marker_color=COLORS[i],
+                             hovertemplate="%{x}<br>" + role + ": %{y:,.2f} KiB<extra></extra>"))
+    fig = _layout(fig, "Bytes stored per layer", "layer", "stored (KiB)", height=380)
+    fig.update_layout(barmode="stack")
+    _legend_under_title(fig)
+    fig.update_xaxes(tickangle=-45)
     return fig

@@ -4,8 +4,10 @@ import math
 
 import streamlit as st
 
-from tinylora.config import METHOD_LABELS, METHODS, QuantOptions, RunConfig, TrainConfig
+from tinylora.checkpoints import is_cached
+from tinylora.config import BASES, METHOD_LABELS, METHODS, QuantOptions, RunConfig, TrainConfig
 from tinylora.lora import TARGETABLE, LoRAConfig
+from tinylora.quant import BLOCK_SIZES
 from tinylora.tasks import TASKS
 
 QUANT_MODULE_LABELS = {
@@ -37,6 +39,9 @@ def apply_config_to_widgets(config: RunConfig, prefix: str) -> None:
     st.session_state[f"{prefix}batch_size"] = config.train.batch_size
     st.session_state[f"{prefix}seed"] = config.train.seed
     st.session_state[f"{prefix}quant_modules"] = config.quant.modules
+    st.session_state[f"{prefix}base"] = config.base
+    st.session_state[f"{prefix}block_size"] = config.quant.block_size
+    st.session_state[f"{prefix}double_quant"] = config.quant.double_quant
 
 
 def run_config_controls(prefix: str = "train_", disabled: bool = False) -> tuple[RunConfig | None, str | None]:
@@ -50,6 +55,11 @@ def run_config_controls(prefix: str = "train_", disabled: bool = False) -> tuple
     task = st.selectbox("Task", list(TASKS), index=list(TASKS).index(d.task), key=f"{prefix}task",
                         disabled=disabled, persist_state=keep, help="The rule that labels each 24-token sequence.")
     st.caption(TASKS[task].rule)
+    base = st.selectbox("Base", list(BASES), index=BASES.index(d.base), key=f"{prefix}base", disabled=disabled,
+                        persist_state=keep, help="The frozen starting weights: the seed's random initialisation, or "
+                                                 "a model fully finetuned on one task (trained once, then cached).")
+    if not is_cached(base):
+        st.caption("This base is not trained yet: the run trains and caches it first.")
 
     uses_lora = method != "full"
     col_r, col_alpha = st.columns(2)
@@ -63,11 +73,19 @@ def run_config_controls(prefix: str = "train_", disabled: bool = False) -> tuple
                              key=f"{prefix}targets", disabled=disabled or not uses_lora, persist_state=keep,
                              help="The linear layers in every block that get an adapter: qkv (64 -> 192), "
                                   "proj (64 -> 64), fc1 (64 -> 256), fc2 (256 -> 64).")
-    quant_modules = d.quant.modules
+    quant_modules, block_size, double_quant = d.quant.modules, d.quant.block_size, d.quant.double_quant
     if METHODS[method] is not None:
         quant_modules = st.selectbox("Quantize", list(QUANT_MODULE_LABELS), format_func=QUANT_MODULE_LABELS.get,
                                      key=f"{prefix}quant_modules", disabled=disabled, persist_state=keep,
                                      help="Which frozen linears the QLoRA base stores quantized.")
+    if METHODS[method] == "nf4":
+        col_block, col_double = st.columns(2)
+        block_size = col_block.selectbox("NF4 block size", BLOCK_SIZES, index=BLOCK_SIZES.index(block_size),
+                                         key=f"{prefix}block_size", disabled=disabled, persist_state=keep,
+                                         help="Weights that share one absmax scale.")
+        double_quant = col_double.checkbox("Double quantization", value=double_quant, key=f"{prefix}double_quant",
+                                           disabled=disabled, persist_state=keep,
+                                           help="Store the per-block absmax values as 8-bit codes too.")
 
     lr_text = st.text_input("Learning rate", value=f"{dt.lr:g}", key=f"{prefix}lr", disabled=disabled,
                             persist_state=keep, help="AdamW learning rate, e.g. 5e-3.")
@@ -83,10 +101,11 @@ def run_config_controls(prefix: str = "train_", disabled: bool = False) -> tuple
         config = RunConfig(
             method=method,
             task=task,
+            base=base,
             lora=LoRAConfig(r=int(r), lora_alpha=float(lora_alpha), target_modules=tuple(targets)),
             train=TrainConfig(lr=parse_learning_rate(lr_text), epochs=int(epochs), batch_size=int(batch_size),
                               seed=int(seed)),
-            quant=QuantOptions(modules=quant_modules),
+            quant=QuantOptions(modules=quant_modules, block_size=int(block_size), double_quant=bool(double_quant)),
         )
         return config.validate(), None
     except ValueError as error:

@@ -16,6 +16,8 @@ def describe_config(config: dict) -> str:
     """One line naming a training run's settings."""
     lora, train = config.get("lora", {}), config.get("train", {})
     parts = [METHOD_LABELS.get(config.get("method"), config.get("method", "?")), f"task {config.get('task')}"]
+    if config.get("base", "random") != "random":
+        parts.append(f"base {config['base']}")
     if config.get("method") != "full":
         parts.append(f"r={lora.get('r')}, lora_alpha={lora.get('lora_alpha'):g} on {'+'.join(lora.get('target_modules', []))}")
     parts.append(f"lr {train.get('lr'):g}, {train.get('epochs')} epochs, batch {train.get('batch_size')}, "
@@ -37,6 +39,8 @@ def _status_message(store: RunStore, p: RunProgress) -> None:
         position = store.queue_position(run.id)
         st.info(f"Queued at position {position}: {store.count_running()} of {max_runs()} training slots are busy. "
                 f"It starts as soon as a slot frees up.", icon=":material/hourglass_top:")
+    elif run.status == "running" and p.step == 0 and p.status_message:
+        st.progress(0.0, text=f"{p.status_message[:1].upper()}{p.status_message[1:]} · {format_seconds(p.elapsed)} elapsed")
     elif run.status == "running":
         text = f"Step {p.step} of {p.steps_total or '…'} · {format_seconds(p.elapsed)} elapsed"
         if p.remaining is not None:
