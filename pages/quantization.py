@@ -50,7 +50,7 @@ page_header("Quantization lab", "QLoRA keeps the frozen base in 4 bits and train
                                 "base is really stored in int8 or NF4: see the rounding error of every layer, what "
                                 "it costs in accuracy, and how much a QLoRA adapter wins back.")
 
-col_base, col_block, col_schemes = st.columns([1, 1, 3])
+col_base, col_block, col_schemes = st.columns([1.4, 1, 3])
 base = col_base.selectbox("Base", BASES, key="quant_base", persist_state="session",
                           help="The frozen weights to quantize: the seed-0 random initialisation, or a model fully "
                                "finetuned on one task (trained once in a worker, then cached).")
@@ -93,7 +93,8 @@ st.plotly_chart(error_histograms(errors, subtitles, layer), key="quant_error_his
                 config={"displayModeBar": False})
 st.plotly_chart(sqnr_chart(table), key="quant_sqnr_chart", config={"displayModeBar": False})
 with st.expander("Per-layer table", expanded=False):
-    st.container(key="quant_layer_table").dataframe(table.drop(columns=["scheme"]), hide_index=True, column_config=STATISTICS)
+    st.container(key="quant_layer_table").dataframe(table.drop(columns=["scheme"]), hide_index=True,
+                                                    column_config=STATISTICS)
 
 # NF4 levels
 

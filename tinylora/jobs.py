@@ -103,7 +103,7 @@ def absorb_job(params: dict[str, Any], ctx: JobContext) -> Iterator[dict]:
     """Train QLoRA over the quantized base of a `RunConfig`: the events of `absorb_quantization_error`.
 
     The library yields its "result" event after the training's "end" event, but the worker finishes a run at
-    its end event, so this job holds "end" back and yields it last.
+    its end event, so this job yields "end" after "result".
     """
     from .config import RunConfig
     from .quant_lab import absorb_quantization_error

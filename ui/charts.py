@@ -62,7 +62,7 @@ def _histogram(values: np.ndarray, bins: int, span: tuple[float, float] | None =
 
 def error_histograms(errors: dict[str, np.ndarray], subtitles: dict[str, str], layer: str,
                      bins: int = 61) -> go.Figure:
-    """Histogram of `W - dequantize(quantize(W))` for one layer, one panel per scheme with its own x range.
+    """Plot histograms of `W - dequantize(quantize(W))` for one layer, one panel per scheme with its own x range.
 
     `errors` maps a scheme's label to the layer's flat error array; `subtitles` adds a line under each label.
     Each panel's x axis is in units of a power of ten that suits its range, named in the axis title.
@@ -92,10 +92,11 @@ def error_histograms(errors: dict[str, np.ndarray], subtitles: dict[str, str], l
 
 
 def sqnr_chart(table) -> go.Figure:
-    """Signal-to-quantization-noise ratio per layer (rows of `layer_error_table`), one bar series per scheme."""
+    """Plot the signal-to-quantization-noise ratio per layer (rows of `layer_error_table`), a bar series per scheme."""
     fig = go.Figure()
     for i, (label, rows) in enumerate(table.groupby("label", sort=False)):
-        fig.add_trace(go.Bar(x=rows.layer.tolist(), y=rows.sqnr_db.tolist(), name=label, marker_color=COLORS[i % len(COLORS)],
+        fig.add_trace(go.Bar(x=rows.layer.tolist(), y=rows.sqnr_db.tolist(), name=label,
+                             marker_color=COLORS[i % len(COLORS)],
                              hovertemplate="%{x}: %{y:.1f} dB<extra>" + label + "</extra>"))
     fig = _layout(fig, "Signal-to-quantization-noise ratio per layer (higher is better)", "layer",
                   "SQNR (dB)")
@@ -106,7 +107,7 @@ def sqnr_chart(table) -> go.Figure:
 
 
 def nf4_levels_chart(layer_weights: np.ndarray, block: dict, bins: int = 80) -> go.Figure:
-    """A layer's weight histogram with one NF4 block drawn over it: its weights and its 16 scaled levels.
+    """Plot a layer's weight histogram with one NF4 block drawn over it: its weights and its 16 scaled levels.
 
     `block` is `tinylora.quant_lab.nf4_block(...)`. Both histograms are densities, so they share the y axis.
     """
@@ -139,25 +140,27 @@ def nf4_levels_chart(layer_weights: np.ndarray, block: dict, bins: int = 80) -> 
 
 def accuracy_bars(groups: dict[str, dict[str, float | None]], float_acc: float,
                   title: str = "Validation accuracy by quantization scheme") -> go.Figure:
-    """Grouped accuracy bars: `groups` maps a stage ("before LoRA", ...) to {scheme label: accuracy}.
+    """Plot grouped accuracy bars: `groups` maps a stage ("before LoRA", ...) to {scheme label: accuracy}.
 
     The float32 base comes first as its own bar and as a dashed line across the chart.
     """
     fig = go.Figure()
+    # An explicit offset takes the float bar out of the grouping, so it sits centred in its own category.
     fig.add_trace(go.Bar(x=["float32 (not quantized)"], y=[float_acc], name="float32 base", marker_color="#777777",
-                         text=[f"{float_acc:.3f}"], textposition="outside",
-                         hovertemplate="float32 base<br>accuracy %{y:.3f}<extra></extra>"))
+                         width=0.2, offset=-0.1, text=[f"{float_acc:.3f}"], textposition="inside", textangle=-90,
+                         insidetextanchor="end", hovertemplate="float32 base<br>accuracy %{y:.3f}<extra></extra>"))
     for i, (stage, values) in enumerate(groups.items()):
         labels = [label for label, value in values.items() if value is not None]
         accs = [values[label] for label in labels]
         fig.add_trace(go.Bar(x=labels, y=accs, name=stage, marker_color=COLORS[i % len(COLORS)],
-                             text=[f"{acc:.3f}" for acc in accs], textposition="outside", constraintext="none",
+                             text=[f"{acc:.3f}" for acc in accs], textposition="inside", textangle=-90,
+                             insidetextanchor="end", constraintext="none", textfont=dict(size=12),
                              hovertemplate="%{x}<br>accuracy %{y:.3f}<extra>" + stage + "</extra>"))
     fig.add_hline(y=float_acc, line=dict(color="#777777", dash="dash", width=1))
-    fig.add_hline(y=0.5, line=dict(color="#999", dash="dot", width=1), annotation_text="chance",
-                  annotation_position="bottom right")
-    fig = _layout(fig, title, "frozen base storage", "validation accuracy", height=380)
-    fig.update_yaxes(range=[0.0, 1.12], tickvals=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    fig.add_hline(y=0.5, line=dict(color="#999", dash="dot", width=1))
+    fig = _layout(fig, title, "frozen base storage", "validation accuracy<br>(dashed: float32, dotted: chance)",
+                  height=380)
+    fig.update_yaxes(range=[0.0, 1.02])
     fig.update_layout(barmode="group")
     _legend_under_title(fig)
     return fig
@@ -170,7 +173,7 @@ def _percent(value: float) -> str:
 
 
 def trainable_parameters_chart(table) -> go.Figure:
-    """Trainable parameters of full finetuning and of LoRA per rank and target set, on a log axis.
+    """Plot the trainable parameters of full finetuning and of LoRA per rank and target set, on a log axis.
 
     `table` has the columns of `tinylora.memory.trainable_parameters_table`; bars carry the share of full
     finetuning's trainable parameters.
@@ -203,7 +206,7 @@ def _wrap(label: str, width: int = 16) -> str:
 
 
 def memory_chart(table, title: str, unit: str = "KiB") -> go.Figure:
-    """Training memory per method variant, stacked: frozen base, trainable weights, gradients, AdamW state.
+    """Plot training memory per method variant, stacked: frozen base, trainable weights, gradients, AdamW state.
 
     `table` has `label` and the byte columns of `tinylora.memory.estimate_memory`.
     """
@@ -212,7 +215,8 @@ def memory_chart(table, title: str, unit: str = "KiB") -> go.Figure:
              ("gradient_bytes", "gradients"), ("optimizer_bytes", "AdamW state")]
     fig = go.Figure()
     for i, (column, name) in enumerate(parts):
-        fig.add_trace(go.Bar(x=[_wrap(label) for label in table.label], y=(table[column] / scale).tolist(), name=name, marker_color=COLORS[i],
+        fig.add_trace(go.Bar(x=[_wrap(label) for label in table.label], y=(table[column] / scale).tolist(),
+                             name=name, marker_color=COLORS[i],
                              hovertemplate="%{x}<br>" + name + ": %{y:,.1f} " + unit + "<extra></extra>"))
     fig.add_trace(go.Scatter(x=[_wrap(label) for label in table.label], y=(table.total_bytes / scale).tolist(),
                              mode="text", showlegend=False,
@@ -227,7 +231,7 @@ def memory_chart(table, title: str, unit: str = "KiB") -> go.Figure:
 
 
 def breakdown_chart(table) -> go.Figure:
-    """Bytes stored per layer of a built model, stacked by role: frozen float, frozen quantized, trainable.
+    """Plot the bytes stored per layer of a built model, stacked by role: frozen float, frozen quantized, trainable.
 
     `table` has the columns layer, role and bytes (one row per layer and role).
     """

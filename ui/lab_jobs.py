@@ -121,8 +121,10 @@ def absorb_progress(store: RunStore, runs: dict[str, Run], key: str) -> None:
                 if progress.run.status not in ("finished", "stopped"):
                     text += f" ({progress.run.message})"
             st.progress(progress.fraction if progress.run.active else 1.0, text=text)
-        st.plotly_chart(accuracy_chart(curves, title="Validation accuracy during QLoRA training"),
-                        key=f"{key}-curves", config={"displayModeBar": False})
+        figure = accuracy_chart(curves, title="Validation accuracy during QLoRA training")
+        epochs = max(run.config["train"]["epochs"] for run in runs.values())
+        figure.update_xaxes(range=[0, epochs + 0.2])  # the whole run's span, before the first point arrives
+        st.plotly_chart(figure, key=f"{key}-curves", config={"displayModeBar": False})
         if any_active and not still_active:
             st.rerun(scope="app")
 
