@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 STEPS = {
     "quantization.py": [
@@ -39,6 +40,7 @@ def measure(page: str) -> None:
     start = time.perf_counter()
     at.run()
     cold = time.perf_counter() - start
+    assert not at.exception, [e.message for e in at.exception]
     start = time.perf_counter()
     at.run()
     warm = time.perf_counter() - start
