@@ -110,7 +110,8 @@ st.plotly_chart(nf4_levels_chart(cached.layer_weights(base, home, layer), block)
 used = len(set(block["codes"].tolist()))
 st.caption(f"Block {block_index} has absmax {block['absmax']:.4f}, so its 16 levels span ±{block['absmax']:.4f}; "
            f"its weights use {used} of them, and its largest rounding error is "
-           f"{abs(block['error']).max():.2e}. The levels are dense near zero, where most weights are.")
+           f"{abs(block['error']).max():.2e}. NF4 spaces its levels for normally distributed weights: dense near "
+           f"zero, sparse towards ±absmax.")
 
 # Accuracy
 

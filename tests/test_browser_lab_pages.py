@@ -42,7 +42,7 @@ def test_quantization_page_draws_charts(home):
         assert any("Quantization error" in t for t in titles), titles
         assert any("NF4 levels" in t for t in titles), titles
         assert plot_points(page, 0) == 61  # histogram bins of the first scheme's panel
-        page.get_by_text("SQNR (dB)").first.wait_for()
+        page.locator(".js-plotly-plot .ytitle", has_text="SQNR (dB)").wait_for()  # the axis title is drawn
         screenshot(page, "quantization-page.png")
 
 

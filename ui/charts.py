@@ -146,9 +146,11 @@ def accuracy_bars(groups: dict[str, dict[str, float | None]], float_acc: float,
     """
     fig = go.Figure()
     # An explicit offset takes the float bar out of the grouping, so it sits centred in its own category.
+    width = 0.8 / max(1, len(groups))  # as wide as one bar of a group
     fig.add_trace(go.Bar(x=["float32 (not quantized)"], y=[float_acc], name="float32 base", marker_color="#777777",
-                         width=0.2, offset=-0.1, text=[f"{float_acc:.3f}"], textposition="inside", textangle=-90,
-                         insidetextanchor="end", hovertemplate="float32 base<br>accuracy %{y:.3f}<extra></extra>"))
+                         width=width, offset=-width / 2, text=[f"{float_acc:.3f}"], textposition="inside",
+                         textangle=-90, insidetextanchor="end",
+                         hovertemplate="float32 base<br>accuracy %{y:.3f}<extra></extra>"))
     for i, (stage, values) in enumerate(groups.items()):
         labels = [label for label, value in values.items() if value is not None]
         accs = [values[label] for label in labels]
