@@ -1,9 +1,9 @@
 """Time the Quantization and Parameters pages under AppTest: first run, rerun, and a change of each setting.
 
 Run from the repository root: `python bench/page_response.py`. Each page runs in a fresh process with a fresh
-data directory, so the first run includes importing torch and computing every table (cold); later runs show
-what a user waits for after changing one setting. Times are wall-clock seconds on this machine; compare them
-with each other (the ratio to the warm rerun), not with another machine's.
+data directory. So the first (cold) run includes importing torch and computing every table, and later runs
+show what a user waits for after changing one setting. Times are wall-clock seconds on the machine that runs
+it, so compare them with each other (the ratio to the warm rerun), not with another machine's.
 """
 
 import os
