@@ -33,7 +33,7 @@ def all_charts_drawn(page, expected: int) -> bool:
     return count >= expected and all(plot_points(page, i) > 0 for i in range(count))
 
 
-def test_quantization_page_draws_charts(home):
+def test_lab_pages_draw_charts(home):
     require_chromium()
     with streamlit_server(home) as url, chromium_page(height=3600) as page:
         open_page(page, url, "Quantization lab")
@@ -45,12 +45,10 @@ def test_quantization_page_draws_charts(home):
         page.locator(".js-plotly-plot .ytitle", has_text="SQNR (dB)").wait_for()  # the axis title is drawn
         screenshot(page, "quantization-page.png")
 
-
-def test_parameters_page_draws_charts(home):
-    require_chromium()
-    with streamlit_server(home) as url, chromium_page(height=3600) as page:
-        open_page(page, url, "Parameters and memory")
-        wait_until(page, lambda: all_charts_drawn(page, 4), timeout=90, message="four charts with data")
+        page.locator('[data-testid="stSidebarNav"] a', has_text="Parameters and memory").click()
+        page.get_by_role("heading", name="Parameters and memory").wait_for(timeout=60_000)
+        wait_until(page, lambda: all_charts_drawn(page, 4) and any("Llama-2-7B" in t for t in chart_titles(page)),
+                   timeout=90, message="four charts with data")
         titles = chart_titles(page)
         assert any("Trainable parameters" in t for t in titles), titles
         assert any("Training memory of Llama-2-7B" in t for t in titles), titles
