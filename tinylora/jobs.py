@@ -33,6 +33,7 @@ log = logging.getLogger("tinylora.jobs")
 # Job kind -> "module:function" of a generator that yields the job's events.
 JOB_KINDS = {
     "train": "tinylora.jobs:train_job",
+    "upload": "tinylora.uploads:upload_job",
 }
 
 FLUSH_SECONDS = 0.1  # how often a worker writes buffered events to the store
@@ -92,6 +93,9 @@ def validate_job(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     if kind == "train":
         from .config import RunConfig
         return RunConfig.from_dict(params).validate().to_dict()
+    if kind == "upload":
+        from .uploads import validate_upload_params
+        return validate_upload_params(params)
     return params
 
 
