@@ -92,7 +92,7 @@ def test_run_survives_restart_then_compares_uploads_and_exports(home, tmp_path):
         # The upload is selected; tick the trained run too and both accuracy curves are overlaid.
         wait_until(page, lambda: len(chart_traces(page, "Validation accuracy")) == 1, timeout=30,
                    message="the upload's accuracy point")
-        page.get_by_text("No training loss to show").wait_for(timeout=10_000)
+        page.get_by_text("No training loss to show").first.wait_for(timeout=10_000)
         tick_row(page, 1)
         wait_until(page, lambda: 16 in chart_traces(page, "Training loss").values(), timeout=30,
                    message="the trained run's loss curve")

@@ -39,7 +39,8 @@ TABLE_CONFIG = {
     "targets": st.column_config.TextColumn("Targets", width=80, help="target_modules"),
     "lr": st.column_config.NumberColumn("lr", width=55, format="%.0e", help="learning rate"),
     "epochs": st.column_config.NumberColumn("Epochs", width=55),
-    "seconds": st.column_config.NumberColumn("Seconds", width=65, format="%.1f", help="training time"),
+    "seconds": st.column_config.NumberColumn("Seconds", width=65, format="%.1f",
+                                             help="training time; for an upload, its evaluation time"),
     "kind": st.column_config.TextColumn("Kind", width=55, help="train: trained here; upload: an uploaded adapter"),
 }
 
