@@ -14,16 +14,21 @@ from tinylora.store import RunStore  # noqa: E402
 
 
 def stop_runner(home: Path) -> None:
-    """Kill the runner of `home` and its workers (they share the runner's process group)."""
-    pid = jobs.runner_pid(home)
-    if pid:
+    """Kill the runner of `home` and its workers (they share the runner's process group).
+
+    A runner this process started that has not taken its lock yet is killed too, so no test leaves one behind.
+    """
+    starting = jobs.started_runner(home)
+    for pid in {jobs.runner_pid(home), starting.pid if starting else None} - {None}:
         try:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        deadline = time.monotonic() + 5
-        while jobs.runner_alive(home) and time.monotonic() < deadline:
-            time.sleep(0.05)
+    if starting:
+        starting.wait(timeout=5)
+    deadline = time.monotonic() + 5
+    while jobs.runner_alive(home) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -54,7 +54,8 @@ def test_train_live_survives_clicks_and_refresh_then_stops(home):
         assert len(store.list_runs()) == 1
 
         # Stop ends the run and the page says so.
-        page.get_by_role("button", name="Stop", exact=True).click()
+        # The sidebar's Stop: Streamlit's own status widget shows a "Stop" button while a script runs.
+        page.get_by_test_id("stSidebar").get_by_role("button", name="Stop", exact=True).click()
         page.get_by_text(re.compile(r"Stopped at step \d+ of 4800")).wait_for(timeout=30_000)
         assert store.get_run(run_id).status == "stopped"
 

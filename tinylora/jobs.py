@@ -2,11 +2,12 @@
 
 `submit()` validates a job, stores it as a queued run and makes sure a runner is alive. The runner
 (`python -m tinylora.runner`, one per data directory, guarded by a file lock) imports torch once. It then forks
-a worker for each queued run while fewer than `max_runs()` are running, so a click reaches a warm process and
-the first chart point arrives quickly. A worker streams the job's events into the run store in small
-batches, refreshes the run's heartbeat from a background thread, checks for a stop request a few times a
-second and records the final status. Pages only read the store, so a rerun, a page switch, a refresh or a
-server restart never stops or duplicates a run.
+a worker for each queued run while the store counts fewer than `max_runs()` running, so a click reaches a warm
+process and the first chart point arrives quickly. Counting in the store, not the runner's own children,
+keeps the cap when a restarted runner finds workers of its predecessor still training. A worker streams the
+job's events into the run store in small batches, refreshes the run's heartbeat from a background thread,
+checks for a stop request a few times a second and records the final status. Pages only read the store, so a
+rerun, a page switch, a refresh or a server restart never stops or duplicates a run.
 
 A job kind is a generator function `fn(params: dict, ctx: JobContext) -> Iterator[dict]` named in `JOB_KINDS`.
 """
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .store import RunStore
+from .store import RunStore, StoreError
 
 log = logging.getLogger("tinylora.jobs")
 
@@ -34,11 +35,13 @@ JOB_KINDS = {
     "train": "tinylora.jobs:train_job",
     "base": "tinylora.jobs:base_job",
     "absorb": "tinylora.jobs:absorb_job",
+    "upload": "tinylora.uploads:upload_job",
 }
 
 FLUSH_SECONDS = 0.1  # how often a worker writes buffered events to the store
 STOP_POLL_SECONDS = 0.2  # how often a worker reads the stop flag
 HEARTBEAT_SECONDS = 2.0
+INTERRUPTED_CHECK_SECONDS = 2.0  # how often the runner looks for running runs whose worker is gone
 
 
 def max_runs() -> int:
@@ -156,14 +159,20 @@ def validate_job(kind: str, params: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"a base job trains a finetuned base such as 'finetuned:odd_majority', "
                              f"got {params.get('base')!r}; the random base needs no training")
         return params
+    if kind == "upload":
+        from .uploads import validate_upload_params
+        return validate_upload_params(params)
     return params
 
 
 def submit(store: RunStore, kind: str, params: dict[str, Any], owner: str = "", group_id: str = "",
-           start_runner: bool = True) -> str:
-    """Validate and queue a job, start a runner if none is alive, and return the new run's id."""
+           start_runner: bool = True, run_id: str | None = None) -> str:
+    """Validate and queue a job, start a runner if none is alive, and return the new run's id.
+
+    Pass `run_id` (from `store.new_run_id()`) to write files into the run's directory before it is queued.
+    """
     params = validate_job(kind, params)
-    run_id = store.create_run(kind, params, owner=owner, group_id=group_id)
+    run_id = store.create_run(kind, params, owner=owner, group_id=group_id, run_id=run_id)
     log.info("queued run %s (%s) for owner %r", run_id, kind, owner)
     if start_runner:
         ensure_runner(store.home)
@@ -201,16 +210,31 @@ def runner_pid(home: Path) -> int | None:
         return None
 
 
+# Runner processes this process started, by data directory. A runner takes its lock a moment after it starts,
+# so `runner_pid` cannot see it before then; `started_runner` can, for example to stop it.
+_started: dict[Path, subprocess.Popen] = {}
+
+
 def ensure_runner(home: Path) -> None:
     """Start a runner for `home` in its own session unless one is alive; a second one would exit at once."""
-    home = Path(home)
+    home = Path(home).resolve()
     home.mkdir(parents=True, exist_ok=True)
     if runner_alive(home):
         return
+    previous = _started.get(home)
+    if previous is not None and previous.poll() is None:
+        return  # started earlier and still taking its lock
     with open(home / "runner.log", "ab") as log_file:
-        subprocess.Popen([sys.executable, "-m", "tinylora.runner", "--home", str(home)], stdout=log_file,
-                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                         cwd=str(Path(__file__).resolve().parent.parent))
+        _started[home] = subprocess.Popen(
+            [sys.executable, "-m", "tinylora.runner", "--home", str(home)], stdout=log_file,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            cwd=str(Path(__file__).resolve().parent.parent))
+
+
+def started_runner(home: Path) -> subprocess.Popen | None:
+    """Return the runner process this process last started for `home`, if it has not exited."""
+    process = _started.get(Path(home).resolve())
+    return process if process is not None and process.poll() is None else None
 
 
 class Runner:
@@ -223,21 +247,37 @@ class Runner:
         self.children: dict[int, str] = {}  # worker pid -> run id
         self.lock = None
 
-    def run_forever(self) -> None:
-        lock = self.lock = open(_lock_path(self.store.home), "a")
+    def acquire_lock(self) -> bool:
+        """Take the data directory's runner lock and record this pid in it; False when another runner holds it.
+
+        Call this before any slow import: until a runner holds the lock, every page load starts another one.
+        """
+        lock = open(_lock_path(self.store.home), "a")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            lock.close()
             log.info("another runner holds %s; exiting", _lock_path(self.store.home))
-            return
+            return False
         lock.truncate(0)
         lock.write(str(os.getpid()))
         lock.flush()
+        self.lock = lock
+        return True
+
+    def run_forever(self) -> None:
+        if self.lock is None and not self.acquire_lock():
+            return
         log.info("runner %d started for %s (max %d runs)", os.getpid(), self.store.home, max_runs())
         self.store.mark_interrupted()
-        idle_since = time.monotonic()
+        idle_since = last_check = time.monotonic()
         while True:
             self.reap()
+            if time.monotonic() - last_check >= INTERRUPTED_CHECK_SECONDS:
+                # Workers of a runner that died are nobody's children: find the ones that are gone too.
+                for run_id in self.store.mark_interrupted():
+                    log.warning("run %s interrupted: its worker process is gone", run_id)
+                last_check = time.monotonic()
             started = self.start_queued()
             if self.children or started:
                 idle_since = time.monotonic()
@@ -248,7 +288,7 @@ class Runner:
 
     def start_queued(self) -> bool:
         started = False
-        while len(self.children) < max_runs():
+        while self.store.count_running() < max_runs():
             run = self.store.claim_next(os.getpid())
             if run is None:
                 break
@@ -354,7 +394,10 @@ def execute(store: RunStore, run_id: str, kind: str, params: dict[str, Any]) -> 
 
     def heartbeat() -> None:
         while not beating.wait(HEARTBEAT_SECONDS):
-            store.append_events(run_id, [])
+            try:
+                store.append_events(run_id, [])
+            except StoreError as error:  # keep beating: the database may recover, and training goes on
+                log.error("run %s: heartbeat failed: %s", run_id, error)
 
     threading.Thread(target=heartbeat, daemon=True).start()
     buffer: list[dict] = []

@@ -1,16 +1,19 @@
 """The run store: one SQLite database (WAL mode) with a row per run and the run's metric events.
 
 Statuses: queued, running, finished, stopped, diverged, failed, interrupted. A run's row contains its config,
-timings and final metrics; its events are the training loop's plain dicts in order. Every call opens its own
-short-lived connection, so the store is safe to use from Streamlit's script threads, the runner and any
-number of worker processes at once.
+timings and final metrics. Its events are the training loop's plain dicts in order, and its files live in
+`runs/<id>/` under the data directory. Every call opens its own short-lived connection, so the store is safe
+to use from Streamlit's script threads, the runner and any number of worker processes at once. Every
+database problem, including a corrupt file or a row that is not valid JSON, raises `StoreError`.
 """
 
 import json
 import os
+import re
+import secrets
+import shutil
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,10 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from .paths import data_home
+from .processes import pid_alive, process_info
 
 STATUSES = ("queued", "running", "finished", "stopped", "diverged", "failed", "interrupted")
 ACTIVE = ("queued", "running")
-HEARTBEAT_TIMEOUT = 15.0  # seconds without a heartbeat after which a running run whose process is gone is interrupted
+HEARTBEAT_TIMEOUT = 15.0  # seconds without a heartbeat after which an unreaped worker counts as gone
+PID_CLOCK_SLACK = 2.0  # /proc's boot time has whole-second precision, so process start times are this rough
+RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # ids name directories, so they must be plain file names
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -81,29 +87,46 @@ class Run:
         return self.status in ACTIVE
 
 
+def new_run_id() -> str:
+    """Return a fresh run id: its creation time (sortable, readable) and 24 random bits."""
+    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def check_run_id(run_id: str) -> str:
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+        raise ValueError(f"run id {run_id!r} is invalid; a run id has 1 to 64 letters, digits, '-' or '_'")
+    return run_id
+
+
+def _loads(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as error:
+        raise StoreError(f"{what} in the run database is not valid JSON ({error}); the file is damaged, so "
+                         f"move it aside to start a new one") from None
+
+
 def _run_from_row(row: sqlite3.Row) -> Run:
     values = dict(row)
-    values["config"] = json.loads(values["config"])
-    values["summary"] = json.loads(values["summary"])
+    values["config"] = _loads(values["config"], f"the config of run {values['id']}")
+    values["summary"] = _loads(values["summary"], f"the summary of run {values['id']}")
     values["stop_requested"] = bool(values["stop_requested"])
     return Run(**values)
 
 
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+def worker_gone(run: Run, now: float) -> bool:
+    """Decide whether the process recorded for a running run can no longer finish or report it."""
+    info = process_info(run.pid)
+    if info is None:
         return True
-    # A zombie process still passes kill(0), but its state in /proc shows that it has exited.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
+    if info.started is not None and run.heartbeat is not None and info.started > run.heartbeat + PID_CLOCK_SLACK:
+        return True  # the pid now names a process started after the worker's last heartbeat: it was reused
+    if info.zombie:
+        # A live runner reaps its worker within one poll and records how it exited, which is more specific than
+        # "interrupted". Without a live parent (init adopted it) or when nobody reaps it, the run is gone.
+        has_runner = info.ppid is not None and info.ppid > 1 and pid_alive(info.ppid)
+        return not has_runner or (run.heartbeat or 0) < now - HEARTBEAT_TIMEOUT
+    return False
 
 
 class RunStore:
@@ -138,12 +161,14 @@ class RunStore:
             db.close()
 
     def run_dir(self, run_id: str) -> Path:
-        return self.home / "runs" / run_id
+        return self.home / "runs" / check_run_id(run_id)
 
     # Writing runs
 
-    def create_run(self, kind: str, config: dict[str, Any], owner: str = "", group_id: str = "") -> str:
-        run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    def create_run(self, kind: str, config: dict[str, Any], owner: str = "", group_id: str = "",
+                   run_id: str | None = None) -> str:
+        """Insert a queued run and return its id: `run_id` when given (to write its files first), else a new one."""
+        run_id = new_run_id() if run_id is None else check_run_id(run_id)
         with self._connect() as db:
             db.execute("INSERT INTO runs (id, kind, created, config, status, owner, group_id) "
                        "VALUES (?, ?, ?, ?, 'queued', ?, ?)",
@@ -206,17 +231,28 @@ class RunStore:
         return bool(row and row[0])
 
     def delete_run(self, run_id: str) -> None:
-        """Delete an ended run with its events; an active run must be stopped first."""
-        run = self.get_run(run_id)
-        if run is None:
-            raise ValueError(f"run {run_id!r} not found")
-        if run.active:
-            raise ValueError(f"run {run_id} is {run.status}; stop it before deleting it")
+        """Delete an ended run, its events and its directory of files; an active run must be stopped first.
+
+        The rows go first, in one transaction, so a crash in between leaves at most an orphaned directory,
+        never a listed run whose files are gone.
+        """
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None or row["status"] in ACTIVE:
+                db.execute("ROLLBACK")
+                if row is None:
+                    raise ValueError(f"run {run_id!r} not found; it may have been deleted already")
+                raise ValueError(f"run {run_id} is {row['status']}; stop it before deleting it")
             db.execute("DELETE FROM events WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
             db.execute("COMMIT")
+        directory = self.run_dir(run_id)
+        if directory.exists():
+            # Rename first so that no reader finds a half-deleted directory under the run's name.
+            trash = directory.with_name(f".{run_id}.{secrets.token_hex(4)}.deleted.tmp")
+            os.replace(directory, trash)
+            shutil.rmtree(trash, ignore_errors=True)
 
     # Reading runs
 
@@ -251,7 +287,7 @@ class RunStore:
             args.extend(types)
         with self._connect() as db:
             rows = db.execute(query + " ORDER BY seq", args).fetchall()
-        return [(seq, json.loads(data)) for seq, data in rows]
+        return [(seq, _loads(data, f"event {seq} of run {run_id}")) for seq, data in rows]
 
     def queue_position(self, run_id: str) -> int | None:
         """Return 1 for the next queued run to start, 2 for the one after it, and None when not queued."""
@@ -269,11 +305,13 @@ class RunStore:
             return db.execute("SELECT COUNT(*) FROM runs WHERE status = 'running'").fetchone()[0]
 
     def mark_interrupted(self, now: float | None = None) -> list[str]:
-        """Mark running runs whose worker is gone and whose heartbeat is stale as interrupted; return their ids."""
+        """Mark running runs whose worker process is gone as interrupted (see `worker_gone`); return their ids."""
         now = time.time() if now is None else now
-        stale = [r for r in self.list_runs(statuses=("running",))
-                 if (r.heartbeat or 0) < now - HEARTBEAT_TIMEOUT and not pid_alive(r.pid)]
-        for run in stale:
-            self.finish_run(run.id, "interrupted", "the worker process stopped without finishing the run "
-                            "(the server or machine was restarted); start it again", only_if_active=True)
-        return [r.id for r in stale]
+        gone = [r for r in self.list_runs(statuses=("running",)) if worker_gone(r, now)]
+        marked = []
+        for run in gone:
+            message = (f"its worker process {run.pid} ended without recording a result (the runner was killed or "
+                       f"the machine restarted); start the run again")
+            if self.finish_run(run.id, "interrupted", message, only_if_active=True):
+                marked.append(run.id)
+        return marked

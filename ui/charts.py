@@ -247,4 +247,31 @@ def breakdown_chart(table) -> go.Figure:
     fig.update_layout(barmode="stack")
     _legend_under_title(fig)
     fig.update_xaxes(tickangle=-45)
+def overlay_chart(series: dict[str, tuple[list[float], list[float], list[float] | None]], title: str,
+                  x_title: str, y_title: str, y_range: tuple[float, float] | None = None,
+                  chance: float | None = None, markers: bool = False,
+                  colors: dict[str, str] | None = None) -> go.Figure:
+    """Several runs' curves on one chart: name -> (x, raw y, smoothed y or None when smoothing is off).
+
+    As in TensorBoard, a smoothed run is drawn as a solid line over its raw values in the same colour, faint.
+    The smoothed trace carries the run's name and the raw one "<name> (raw)". Pass `colors` (name -> colour)
+    to keep a run's colour the same on every chart, including charts where other runs have no points.
+    """
+    fig = go.Figure()
+    for i, (name, (xs, raw, smoothed)) in enumerate(series.items()):
+        color = (colors or {}).get(name, COLORS[i % len(COLORS)])
+        mode = "lines+markers" if markers else "lines"
+        if smoothed is not None:
+            fig.add_trace(go.Scatter(x=xs, y=raw, mode=mode, name=f"{name} (raw)", showlegend=False,
+                                     hoverinfo="skip", opacity=0.25, line=dict(color=color, width=1),
+                                     marker=dict(size=5)))
+        fig.add_trace(go.Scatter(x=xs, y=raw if smoothed is None else smoothed, mode=mode, name=name,
+                                 line=dict(color=color, width=2), marker=dict(size=6)))
+    if chance is not None:
+        fig.add_hline(y=chance, line=dict(color="#999", dash="dot", width=1), annotation_text="chance",
+                      annotation_position="bottom right")
+    fig = _layout(fig, title, x_title, y_title, height=360)
+    if y_range is not None:
+        fig.update_yaxes(range=list(y_range))
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0))
     return fig

@@ -13,12 +13,41 @@ def _store_for(home: str) -> RunStore:
     return RunStore(home)
 
 
+def _leave_pages_directory_mode() -> None:
+    """Rerun through app.py when Streamlit ran this page as a `pages/` directory script.
+
+    Until some session has run app.py (and so `st.navigation`), Streamlit 1.67 serves a page URL such as
+    /runs by running the page file alone, with a navigation built from the pages/ folder and without
+    app.py's page config: after a server restart, a bookmarked page would open without the app around it.
+    The rerun runs app.py, which draws the real navigation and then this page. Only a session's first run
+    is rerun, since that one carries no click that a rerun would drop. (AppTest starts every run in this
+    mode and runs app.py only on a session's first run.)
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    first_run = "_navigation_checked" not in st.session_state
+    st.session_state["_navigation_checked"] = True
+    if first_run and PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False  # what st.navigation itself sets on its first call
+        st.rerun()
+
+
 def get_store() -> RunStore:
-    """Open the run store for the data directory (`$TINYLORA_HOME`, or ./tinylora-data), or stop with an error."""
+    """Open the run store for the data directory (`$TINYLORA_HOME`, or ./tinylora-data), or stop with an error.
+
+    Called first by every page, so it also puts a page opened straight from its URL inside app.py.
+    """
     from tinylora.paths import data_home
 
+    _leave_pages_directory_mode()
+
     try:
-        return _store_for(str(data_home()))
+        store = _store_for(str(data_home()))
+        if not store.path.exists():
+            # The data directory was deleted while the server ran: start a new, empty database there.
+            _store_for.clear()
+            store = _store_for(str(data_home()))
+        return store
     except StoreError as error:
         st.error(str(error))
         st.stop()

@@ -1,15 +1,18 @@
 """The live view of one run: status, progress, parameter summary and streaming charts."""
 
+import time
+
 import streamlit as st
 
 from tinylora.config import METHOD_LABELS
-from tinylora.jobs import max_runs
+from tinylora.jobs import HEARTBEAT_SECONDS, max_runs
 from tinylora.progress import RunProgress, read_progress
-from tinylora.store import RunStore
+from tinylora.store import RunStore, StoreError
 
 from .charts import accuracy_chart, loss_chart
 
 REFRESH_SECONDS = 0.25  # chart updates while a run is active: 4 a second
+STALE_SECONDS = 3 * HEARTBEAT_SECONDS  # a running run's worker writes a heartbeat every HEARTBEAT_SECONDS
 
 
 def describe_config(config: dict) -> str:
@@ -20,6 +23,10 @@ def describe_config(config: dict) -> str:
         parts.append(f"base {config['base']}")
     if config.get("method") != "full":
         parts.append(f"r={lora.get('r')}, lora_alpha={lora.get('lora_alpha'):g} on {'+'.join(lora.get('target_modules', []))}")
+    if "upload" in config:  # an uploaded adapter: evaluated, never trained here
+        files = ", ".join(config["upload"].get("files", []))
+        parts.append(f"uploaded adapter ({files}) on the base of seed {train.get('seed')}")
+        return " · ".join(parts)
     parts.append(f"lr {train.get('lr'):g}, {train.get('epochs')} epochs, batch {train.get('batch_size')}, "
                  f"seed {train.get('seed')}")
     return " · ".join(parts)
@@ -96,7 +103,18 @@ def live_run_view(store: RunStore, run_id: str, key: str = "run") -> RunProgress
 
     @st.fragment(run_every=REFRESH_SECONDS if first.run.active else None)
     def view() -> None:
-        progress = read_progress(store, run_id, st.session_state.get(cache_key))
+        try:
+            progress = read_progress(store, run_id, st.session_state.get(cache_key))
+            if progress.run.status == "running" and time.time() - (progress.run.heartbeat or 0) > STALE_SECONDS:
+                # No heartbeat for a while: if the worker is gone, show the run as interrupted now.
+                store.mark_interrupted()
+                progress = read_progress(store, run_id, progress)
+        except StoreError as error:
+            st.error(str(error), icon=":material/error:")
+            return
+        if progress is None:
+            st.warning(f"Run {run_id} was deleted.")
+            return
         st.session_state[cache_key] = progress
         st.caption(f"Run `{run_id}` · {describe_config(progress.run.config)}")
         _status_message(store, progress)

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"training the base {config.base} once; it is cached at {base_path(config.base, model=config.model)}",
               file=sys.stderr)
     prepared = prepare_run(config)
-    history, summary = [], {}
+    history, summary, last_loss = [], {}, None
     for event in prepared.events():
         if event["type"] == "start":
             summary.update(trainable=event["trainable"], total=event["total"])

@@ -1,0 +1,279 @@
+"""The Runs page under Streamlit's AppTest: table, filters, overlaid curves, actions, uploads, bad databases."""
+
+import io
+import json
+import sqlite3
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import ROOT, wait_for
+from run_factory import add_run
+from tinylora.adapter_files import save_adapter, zip_adapter
+from tinylora.config import RunConfig, TrainConfig
+from tinylora.lora import LoRAConfig
+from tinylora.methods import build_model
+from tinylora.smoothing import smooth
+from tinylora.store import RunStore
+
+LOSSES = {"a": [0.9, 0.5, 0.8, 0.3, 0.6, 0.2, 0.4, 0.1], "b": [0.7, 0.7, 0.6, 0.65, 0.5, 0.55, 0.45, 0.5]}
+ACCS = {"a": [0.6, 0.9], "b": [0.55, 0.7]}
+
+
+def runs_page() -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    return at.switch_page("pages/runs.py").run()
+
+
+def table(at: AppTest) -> pd.DataFrame:
+    return at.dataframe[0].value
+
+
+def select(at: AppTest, run_ids: list[str]) -> AppTest:
+    """Tick the table rows of `run_ids`, as a click in the browser would."""
+    ids = list(table(at)["run"])
+    rows = [ids.index(run_id) for run_id in run_ids]
+    at.session_state[at.dataframe[0].key] = {"selection": {"rows": rows, "columns": [], "cells": []}}
+    return at.run()
+
+
+def traces(at: AppTest, title: str) -> dict[str, list[float]]:
+    """The y values of each trace of the chart titled `title`, by trace name."""
+    for chart in at.get("plotly_chart"):
+        spec = json.loads(chart.proto.spec)
+        if spec["layout"]["title"]["text"] == title:
+            return {trace["name"]: trace["y"] for trace in spec["data"]}
+    raise AssertionError(f"no chart titled {title!r}")
+
+
+@pytest.fixture
+def two_runs(store):
+    a = add_run(store, RunConfig(lora=LoRAConfig(r=8, lora_alpha=16.0), train=TrainConfig(epochs=2)),
+                losses=LOSSES["a"], accs=ACCS["a"])
+    b = add_run(store, RunConfig(method="full", task="sum_high", train=TrainConfig(epochs=2, lr=1e-3)),
+                losses=LOSSES["b"], accs=ACCS["b"], status="stopped")
+    return a, b
+
+
+def test_table_lists_every_run_with_its_settings(two_runs):
+    at = runs_page()
+    assert not at.exception
+    frame = table(at).set_index("run")
+    assert set(frame.index) == set(two_runs)
+    a, b = two_runs
+    assert (frame.loc[a, "method"], frame.loc[a, "r"], frame.loc[a, "lora_alpha"]) == ("lora", 8, 16.0)
+    assert (frame.loc[a, "status"], frame.loc[a, "final_acc"]) == ("finished", 0.9)
+    assert (frame.loc[b, "method"], frame.loc[b, "task"], frame.loc[b, "lr"]) == ("full", "sum_high", 1e-3)
+    assert frame.loc[b, "status"] == "stopped"
+    assert any("2 of 2 runs shown" in c.value for c in at.caption)
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("runs_filter_method", ["full"], "b"),
+    ("runs_filter_task", ["odd_majority"], "a"),
+    ("runs_filter_status", ["stopped"], "b"),
+])
+def test_filters_narrow_the_table(two_runs, key, value, expected):
+    at = runs_page()
+    at.multiselect(key=key).set_value(value).run()
+    assert list(table(at)["run"]) == [two_runs["ab".index(expected)]]
+    assert any("1 of 2 runs shown" in c.value for c in at.caption)
+
+
+def test_selection_overlays_both_runs_curves(two_runs):
+    at = select(runs_page(), list(two_runs))
+    assert not at.exception
+    losses, accs = traces(at, "Training loss"), traces(at, "Validation accuracy")
+    smoothed_names = [name for name in losses if not name.endswith("(raw)")]
+    assert len(smoothed_names) == 2
+    assert {len(y) for y in losses.values()} == {8}
+    assert {len(y) for y in accs.values()} == {2}
+    for run_id, key in zip(two_runs, "ab"):
+        name = next(n for n in smoothed_names if n.startswith(run_id[-6:]))
+        assert losses[f"{name} (raw)"] == LOSSES[key]
+        assert accs[name] == ACCS[key]  # accuracy is never smoothed
+    assert len(accs) == 2
+
+
+def test_smoothing_changes_the_plotted_values(two_runs):
+    at = select(runs_page(), [two_runs[0]])
+    at.slider(key="runs_smoothing").set_value(0.0).run()
+    raw = traces(at, "Training loss")
+    assert list(raw.values()) == [LOSSES["a"]]  # no smoothing: one trace, the raw values
+
+    at.slider(key="runs_smoothing").set_value(0.9).run()
+    smoothed = traces(at, "Training loss")
+    name = next(n for n in smoothed if not n.endswith("(raw)"))
+    assert smoothed[name] == pytest.approx(smooth(LOSSES["a"], 0.9))
+    assert smoothed[name] != pytest.approx(LOSSES["a"])
+    assert smoothed[name][0] == pytest.approx(LOSSES["a"][0])
+    assert smoothed[f"{name} (raw)"] == LOSSES["a"]
+
+
+def test_selection_follows_runs_when_rows_move(store, two_runs):
+    at = select(runs_page(), [two_runs[0]])
+    add_run(store, losses=[0.5], accs=[0.5])  # a newer run lands on top and shifts every row down
+    at.run()
+    assert at.session_state["runs_selected"] == [two_runs[0]]
+    assert len([n for n in traces(at, "Training loss") if not n.endswith("(raw)")]) == 1
+
+
+def test_csv_download_holds_the_selected_runs_events(two_runs, monkeypatch):
+    from ui import runs_view
+
+    produced = []
+    real = runs_view.metrics_csv
+    monkeypatch.setattr(runs_view, "metrics_csv", lambda store, ids: produced.append(real(store, ids)) or produced[-1])
+    at = select(runs_page(), [two_runs[1]])
+    button = at.get("download_button")[0]
+    assert button.label == "Download metrics (CSV)"
+    csv = pd.read_csv(io.BytesIO(produced[-1]))
+    assert set(csv["run_id"]) == {two_runs[1]}
+    # start, 8 steps, 2 evals, end
+    assert list(csv["type"]) == ["start"] + ["step"] * 8 + ["eval"] * 2 + ["end"]
+    assert csv[csv["type"] == "step"]["train/loss"].tolist() == LOSSES["b"]
+    assert csv[csv["type"] == "eval"]["val/acc"].tolist() == ACCS["b"]
+
+
+def test_delete_asks_first_then_removes_run_and_files(store, two_runs):
+    doomed, kept = two_runs
+    (store.run_dir(doomed) / "adapter").mkdir(parents=True)
+    at = select(runs_page(), [doomed])
+    at.button(key="runs_delete").click().run()
+    assert any("cannot be undone" in w.value for w in at.warning)
+    assert store.get_run(doomed) is not None  # nothing deleted before the confirmation
+
+    at.button(key="runs_delete_confirm").click().run()
+    assert not at.exception
+    assert store.get_run(doomed) is None
+    assert not store.run_dir(doomed).exists()
+    assert store.get_run(kept) is not None
+    assert list(table(at)["run"]) == [kept]
+    assert any("Deleted 1 run" in s.value for s in at.success)
+
+
+def test_cancel_keeps_the_run(store, two_runs):
+    at = select(runs_page(), [two_runs[0]])
+    at.button(key="runs_delete").click().run()
+    at.button(key="runs_delete_cancel").click().run()
+    assert store.get_run(two_runs[0]) is not None
+    assert not any("cannot be undone" in w.value for w in at.warning)
+
+
+def test_active_run_cannot_be_deleted_but_can_be_stopped(store, two_runs):
+    running = add_run(store, losses=[0.7, 0.6], status="running")
+    at = select(runs_page(), [running, two_runs[0]])
+    delete = at.button(key="runs_delete")
+    assert delete.disabled
+    assert f"Stop {running} first" in delete.help
+    at.button(key="runs_stop").click().run()
+    assert store.get_run(running).stop_requested
+    assert not store.get_run(two_runs[0]).stop_requested
+
+
+def test_open_settings_in_train(two_runs):
+    at = select(runs_page(), [two_runs[1]])
+    at.button(key="runs_open_train").click().run()
+    assert not at.exception
+    assert at.title[0].value == "Train"
+    assert at.query_params["run"] in (two_runs[1], [two_runs[1]])
+    assert at.selectbox(key="train_method").value == "full"
+    assert at.selectbox(key="train_task").value == "sum_high"
+    assert at.text_input(key="train_lr").value == "0.001"
+
+
+def test_adapters_button_waits_for_the_adapters_page(two_runs):
+    at = select(runs_page(), [two_runs[0]])
+    button = at.button(key="runs_open_adapters")
+    if (ROOT / "pages" / "adapters.py").exists():
+        pytest.skip("the Adapters page exists; its button is enabled")
+    assert button.disabled
+    assert "not part of this app yet" in button.help
+
+
+def test_weights_download_offers_the_adapter_zip(store, two_runs):
+    config = RunConfig()
+    save_adapter(build_model(config), store.run_dir(two_runs[0]) / "adapter", config.lora)
+    at = select(runs_page(), [two_runs[0]])
+    assert [b.label for b in at.get("download_button")] == ["Download metrics (CSV)", "Download adapter (.zip)"]
+
+
+def test_weights_download_is_disabled_without_files(two_runs):
+    at = select(runs_page(), [two_runs[1]])
+    button = at.button(key="runs_download_weights")
+    assert button.disabled
+    assert "saved no weights" in button.help
+
+
+def test_upload_through_the_page(store, tmp_path):
+    config = RunConfig(train=TrainConfig(seed=2))
+    save_adapter(build_model(config), tmp_path / "adapter", config.lora, base_model_name_or_path="x")
+    at = runs_page()
+    at.file_uploader(key="runs_upload_files_0").set_value(("adapter.zip", zip_adapter(tmp_path / "adapter"),
+                                                           "application/zip")).run()
+    at.selectbox(key="runs_upload_task").set_value("middle_high").run()
+    at.button(key="runs_upload_button").click().run()
+    assert not at.exception
+    [run] = store.list_runs()
+    assert run.kind == "upload"
+    assert run.config["task"] == "middle_high"
+    assert any(f"Stored the adapter as run {run.id}" in s.value for s in at.success)
+    assert list(table(at)["run"]) == [run.id]
+    assert at.session_state["runs_selected"] == [run.id]
+    assert at.file_uploader(key="runs_upload_files_1").value in (None, [])  # a fresh, empty uploader
+    wait_for(lambda: not store.get_run(run.id).active, timeout=60, message="the evaluation")
+
+
+def test_upload_run_opens_on_its_train_url(store, tmp_path):
+    from tinylora.uploads import UploadSettings, store_upload
+
+    config = RunConfig()
+    save_adapter(build_model(config), tmp_path / "adapter", config.lora)
+    run_id = store_upload(store, {"a.zip": zip_adapter(tmp_path / "adapter")}, UploadSettings(task="odd_majority"))
+    wait_for(lambda: not store.get_run(run_id).active, timeout=60, message="the evaluation")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.query_params["run"] = run_id
+    at.run()
+    assert not at.exception
+    assert any("uploaded adapter (a.zip)" in c.value for c in at.caption)
+
+
+def test_bad_upload_through_the_page_shows_why(store):
+    at = runs_page()
+    at.file_uploader(key="runs_upload_files_0").set_value(("weights.zip", b"PK\x03\x04 not really", "application/zip"))
+    at.run()
+    at.button(key="runs_upload_button").click().run()
+    assert not at.exception
+    assert any("Upload rejected, nothing was stored" in e.value and "not a valid zip" in e.value for e in at.error)
+    assert store.list_runs() == []
+
+
+def corrupt_header(home):
+    (home / "runs.db").write_bytes(b"this is not a database" * 200)
+
+
+def corrupt_pages(home):
+    store = RunStore(home)
+    for _ in range(10):
+        add_run(store, losses=[0.5] * 40, accs=[0.6])
+    with sqlite3.connect(store.path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    data = store.path.read_bytes()
+    store.path.write_bytes(data[:4096] + b"\xff" * (len(data) - 4096))
+
+
+PAGES = ["pages/" + p.name for p in sorted((ROOT / "pages").glob("*.py"))]
+
+
+@pytest.mark.parametrize("corrupt", [corrupt_header, corrupt_pages])
+def test_corrupt_database_gives_a_message_on_every_page(home, corrupt):
+    corrupt(home)
+    for path in PAGES:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+        at.switch_page(path).run()
+        assert not at.exception, (path, [e.message for e in at.exception])
+        errors = " ".join(e.value for e in at.error)
+        assert "runs.db" in errors, (path, errors)
+        assert "move it aside" in errors or "move the file aside" in errors, (path, errors)
