@@ -35,7 +35,7 @@ def _leave_pages_directory_mode() -> None:
 def get_store() -> RunStore:
     """Open the run store for the data directory (`$TINYLORA_HOME`, or ./tinylora-data), or stop with an error.
 
-    Called first by every page, so it also puts a page opened straight from its URL inside app.py.
+    Like `page_header`, it puts a page opened straight from its URL inside app.py.
     """
     from tinylora.paths import data_home
 
@@ -70,5 +70,7 @@ def session_owner() -> str:
 
 
 def page_header(title: str, intro: str) -> None:
+    """Draw a page's title and one-line intro; every page calls it first, before it draws anything else."""
+    _leave_pages_directory_mode()
     st.title(title)
     st.caption(intro)
