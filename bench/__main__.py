@@ -31,9 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5, help="seeds per fast mode in the accuracy section")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json",
                         help="where to save the figures as JSON (default %(default)s)")
+    parser.add_argument("--merge", type=Path, action="append", default=[],
+                        help="a JSON file saved by an earlier run whose sections are added to this run's figures "
+                             "(sections run now take precedence); may be repeated")
     parser.add_argument("--write", action="store_true", help="update the generated section of BENCHMARKS.md")
     args = parser.parse_args(argv)
 
+    # An empty --sections runs nothing, which with --merge and --write renders saved figures.
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
@@ -46,8 +50,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--reps, --epochs and --seeds must be at least 1")
 
     modes = suite.DEFAULT_FAST_MODES
-    results = {"date": datetime.date.today().isoformat(), "command": "python -m bench " + " ".join(argv or sys.argv[1:]),
-               "machine": suite.machine(), "options": {"reps": args.reps, "epochs": args.epochs, "methods": methods}}
+    command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    results = {"date": datetime.date.today().isoformat(), "command": command, "machine": suite.machine(),
+               "options": {"reps": args.reps, "epochs": args.epochs, "methods": methods}, "provenance": {}}
+    for path in args.merge:
+        saved = json.loads(path.read_text())
+        for key in set(saved) - {"date", "command", "machine", "options", "provenance"}:
+            results[key] = saved[key]
+        results["provenance"].update(saved.get("provenance", {}))
+    provenance = {"command": command, "date": results["date"], "load_average": results["machine"]["load_average"],
+                  "options": results["options"]}
+    for name in sections:
+        results["provenance"][name] = provenance
 
     if "throughput" in sections:
         print("throughput", flush=True)

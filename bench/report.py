@@ -18,18 +18,22 @@ def _range(s: dict, fmt: str = "{:.2f}") -> str:
 def render(results: dict) -> str:
     lines = []
     m = results["machine"]
-    lines += [f"Measured {results['date']} with `{results['command']}`.", "",
-              f"- CPU: {m['cpu']}, {m['cores']} cores, flags {', '.join(m['cpu_flags']) or 'none of note'}",
-              f"- torch {m['torch']} ({m['torch_threads']} threads), Python {m['python']}",
-              f"- load average at the start: {', '.join(f'{x:.1f}' for x in m['load_average'])} "
-              f"(other processes share these cores, so absolute times vary between runs more than ratios do)",
-              ""]
+    lines += [f"- CPU: {m['cpu']}, {m['cores']} cores, flags {', '.join(m['cpu_flags']) or 'none of note'}",
+              f"- torch {m['torch']} ({m['torch_threads']} threads), Python {m['python']}", "",
+              "Each section below came from one command, on the date and at the load average (1, 5 and 15 "
+              "minutes) given. Other processes share these cores, so absolute times vary between runs much more "
+              "than the interleaved ratios do.", ""]
+    for name, p in results.get("provenance", {}).items():
+        load = ", ".join(f"{x:.1f}" for x in p["load_average"])
+        lines.append(f"- {name}: `{p['command']}` on {p['date']}, load average {load}")
+    lines.append("")
 
     if "throughput" in results:
         t = results["throughput"]
         lines += ["### Training throughput", "",
-                  f"Default configuration per method, {results['options']['epochs']} epochs, "
-                  f"{results['options']['reps']} interleaved repetitions. Cells give the median and, in brackets, "
+                  f"Default configuration per method, {results['provenance']['throughput']['options']['epochs']} "
+                  f"epochs, {results['provenance']['throughput']['options']['reps']} interleaved repetitions. "
+                  "Cells give the median and, in brackets, "
                   "the minimum and maximum over repetitions. A step is forward, backward and optimizer update; "
                   "a run adds the per-epoch evaluations.", "",
                   "| method | implementation | ms per step | steps per second | step speed-up | seconds per run "
@@ -53,8 +57,10 @@ def render(results: dict) -> str:
                   "Float32 matmul throughput measured in this run (median GFLOP/s):", ""]
         for label, entry in p.items():
             if isinstance(entry, dict):
-                lines.append(f"- {label}: " + ", ".join(f"{k} {v:.0f}" for k, v in entry.items()))
-        lines += [f"- peak used below: {p['peak_gflops']:.0f} GFLOP/s", ""]
+                lines.append(f"- float32 {label}: " + ", ".join(f"{k} {v:.0f}" for k, v in entry.items()))
+        lines += [f"- peak used below: {p['peak_gflops']:.0f} GFLOP/s",
+                  f"- for comparison, bfloat16 2048x2048x2048 through torch.mm: {p['bfloat16_2048_gflops']:.0f} "
+                  "GFLOP/s", ""]
     if "fraction" in results:
         lines += ["Operations per step are counted from the model's shapes by `tinylora.flops` (matmuls and "
                   "attention, forward and backward). The floor is that count at the peak.", "",
@@ -85,7 +91,7 @@ def render(results: dict) -> str:
         lines += ["### Memory", "",
                   "Each training run below ran alone in a fresh process. `peak RSS` is the process's peak "
                   "resident set size (getrusage); `growth while training` is the peak after the model was "
-                  "built minus the resident size before it (Linux VmHWM, reset just before). A process that only "
+                  "built minus the resident size after importing torch (Linux VmHWM, reset then). A process that only "
                   f"imports torch and builds the model peaks at {_mib(idle['max_rss_bytes'])}.", "",
                   "| method | frozen base stored | of it, block linear weights | implementation | peak RSS "
                   "| growth while training |",

@@ -1,7 +1,7 @@
 """The benchmark sections: each takes the command-line options and returns a JSON-ready dict of figures.
 
-Timings on a shared machine are noisy, so every comparison runs its contenders interleaved in one process,
-alternating their order, and reports the median and the spread (min and max) over repetitions; speed-ups are
+Timings on a shared machine are noisy. So every comparison runs its contenders interleaved in one process,
+alternating their order, and reports the median and the spread (min and max) over repetitions. Speed-ups are
 the medians of per-repetition ratios.
 """
 
@@ -34,7 +34,7 @@ def spread(values: list[float]) -> dict:
 
 
 def machine() -> dict:
-    """The CPU model, core count and library versions the figures come from."""
+    """Describe the machine the figures come from: CPU model and flags, core count, library versions, load."""
     model = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as f:
@@ -55,7 +55,7 @@ def machine() -> dict:
 
 
 def contenders(fast_modes: tuple[str, ...]) -> list[str]:
-    """The implementations the throughput section times: the reference, then tinylora with each fast mode."""
+    """List the implementations the throughput section times: the reference, then tinylora per fast mode."""
     return [REFERENCE, *(f"tinylora fast={mode}" for mode in fast_modes)]
 
 
@@ -129,6 +129,10 @@ def matmul_peak(reps: int = 10) -> dict:
         medians = _interleaved_medians(calls, count)
         out[label] = {name: 2 * m * k * n / s / 1e9 for name, s in medians.items()}
     out["peak_gflops"] = max(v for entry in out.values() for v in entry.values())
+
+    # For comparison only (not a float32 peak): bfloat16 on the same square product.
+    a, b = torch.randn(2048, 2048, dtype=torch.bfloat16), torch.randn(2048, 2048, dtype=torch.bfloat16)
+    out["bfloat16_2048_gflops"] = 2 * 2048 ** 3 / _interleaved_medians({"bf16": lambda: a @ b}, reps)["bf16"] / 1e9
     return out
 
 

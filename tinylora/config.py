@@ -41,8 +41,8 @@ class TrainConfig:
     n_val: int = 512
     train_data_seed: int = 1
     val_data_seed: int = 2
-    # "auto": tinylora.fastpath for LoRA and QLoRA, the eager modules for a full finetune; "fused": the fast
-    # path for every method; "off": the eager modules, whose results match the reference recipe bit for bit.
+    # "auto" runs tinylora.fastpath for LoRA and QLoRA and the eager modules for a full finetune. "fused" runs
+    # the fast path for every method. "off" runs the eager modules, which match the reference bit for bit.
     fast: str = "auto"
 
 

@@ -2,8 +2,8 @@
 
 Only matrix multiplications are counted, at 2 operations per multiply-add: the four block linears, the LoRA
 adapters, the classifier head and the two attention products (Q K^T and P V). Layer norms, GELU, softmax,
-dequantization, embeddings and the optimizer are elementwise and left out; they are small in operations but
-not in time, which is why a step never reaches the matrix-multiply peak.
+dequantization, embeddings and the optimizer are elementwise and left out. They are few operations but take
+real time, so a step's achieved rate stays below the matrix-multiply peak.
 
 The backward pass of a product Y = X W^T costs one product for dX and one for dW, each as much as the forward
 one, and autograd computes each only when it is needed: dW when W is trained, dX when something trainable
@@ -35,7 +35,7 @@ def linear_shapes(d_model: int) -> dict[str, tuple[int, int]]:
 
 
 def training_step_flops(config: RunConfig, batch_size: int | None = None) -> StepFlops:
-    """Count the forward and backward matmul operations of one training step of `config` (see the module doc).
+    """Count the forward and backward matmul operations of one training step of `config`.
 
     `batch_size` defaults to `config.train.batch_size`; every example has `seq_len + 1` tokens with [CLS].
     """
