@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             results[key] = saved[key]
         results["provenance"].update(saved.get("provenance", {}))
     provenance = {"command": command, "date": results["date"], "load_average": results["machine"]["load_average"],
-                  "options": results["options"]}
+                  "environment": results["machine"]["environment"], "options": results["options"]}
     for name in sections:
         results["provenance"][name] = provenance
 

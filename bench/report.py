@@ -25,7 +25,8 @@ def render(results: dict) -> str:
               "than the interleaved ratios do.", ""]
     for name, p in results.get("provenance", {}).items():
         load = ", ".join(f"{x:.1f}" for x in p["load_average"])
-        lines.append(f"- {name}: `{p['command']}` on {p['date']}, load average {load}")
+        env = " ".join(f"{k}={v}" for k, v in p.get("environment", {}).items())
+        lines.append(f"- {name}: `{(env + ' ') if env else ''}{p['command']}` on {p['date']}, load average {load}")
     lines.append("")
 
     if "throughput" in results:

@@ -51,7 +51,12 @@ def machine() -> dict:
     return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
             "cpu_flags": [f for f in wanted if f in flags.split()],
-            "load_average": os.getloadavg()}
+            "load_average": os.getloadavg(),
+            "environment": {k: os.environ[k] for k in _THREAD_VARIABLES if k in os.environ}}
+
+
+# Environment variables that change how the BLAS and OpenMP threads run, recorded with the figures.
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS", "KMP_BLOCKTIME")
 
 
 def contenders(fast_modes: tuple[str, ...]) -> list[str]:
