@@ -149,14 +149,12 @@ class RunResult:
         return len(self.losses)
 
 
-def train(model: nn.Module, epochs: int = 8, lr: float = 5e-3, batch_size: int = 64, n_train: int = 1024,
-          n_val: int = 512) -> RunResult:
-    """Train with AdamW on seed-1 training data, evaluating on seed-2 validation data after every epoch."""
+def events(model: nn.Module, epochs: int = 8, lr: float = 5e-3, batch_size: int = 64, n_train: int = 1024,
+           n_val: int = 512):
+    """Train with AdamW on seed-1 data; yield ("step", loss) after every step and ("eval", accuracy) per epoch."""
     x, y = make_data(n_train, 1)
     xv, yv = make_data(n_val, 2)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    losses, accuracies, eval_seconds = [], [], 0.0
-    start = time.perf_counter()
     for _ in range(epochs):
         model.train()
         perm = torch.randperm(n_train)
@@ -166,11 +164,25 @@ def train(model: nn.Module, epochs: int = 8, lr: float = 5e-3, batch_size: int =
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(loss.item())
+            yield "step", loss.item()
 
-        eval_start = time.perf_counter()
         model.eval()
         with torch.no_grad():
-            accuracies.append((model(xv).argmax(-1) == yv).float().mean().item())
-        eval_seconds += time.perf_counter() - eval_start
+            accuracy = (model(xv).argmax(-1) == yv).float().mean().item()
+        yield "eval", accuracy  # outside no_grad, which would otherwise stay off while this generator waits
+
+
+def train(model: nn.Module, epochs: int = 8, lr: float = 5e-3, batch_size: int = 64, n_train: int = 1024,
+          n_val: int = 512) -> RunResult:
+    """Run `events` to the end, timing the whole run and the evaluations."""
+    losses, accuracies, eval_seconds = [], [], 0.0
+    start = previous = time.perf_counter()
+    for kind, value in events(model, epochs, lr, batch_size, n_train, n_val):
+        now = time.perf_counter()
+        if kind == "step":
+            losses.append(value)
+        else:
+            accuracies.append(value)
+            eval_seconds += now - previous
+        previous = now
     return RunResult(losses, accuracies, time.perf_counter() - start, eval_seconds)

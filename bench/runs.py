@@ -1,7 +1,10 @@
 """One timed training run of the reference recipe or of tinylora, reported in the same form."""
 
 import dataclasses
+import time
 from dataclasses import dataclass
+
+import torch
 
 from tinylora.config import METHODS, RunConfig, TrainConfig
 from tinylora.training import prepare_run
@@ -65,3 +68,49 @@ def run_tinylora(config: RunConfig) -> Timing:
         if "seconds" in event:
             previous = event["seconds"]
     raise RuntimeError("the training loop ended without an end event")
+
+
+class SteppedRun:
+    """A training run advanced one event at a time, so that several runs can share a process step by step.
+
+    Each run keeps its own copy of the global random generator's state, so interleaving does not change
+    any run's batch order: every run trains exactly as it would alone.
+    """
+
+    def __init__(self, contender: str, method: str, epochs: int):
+        if contender == "reference":
+            config = RunConfig(method=method)
+            quantized = config.lora.target_modules if config.quant.modules == "targets" else reference.BLOCK_LINEARS
+            model = reference.build(method, 0, METHODS[method], config.lora.r, config.lora.lora_alpha,
+                                    config.lora.target_modules, quantized)
+            t = config.train
+            self._events = (_reference_event(kind, value)
+                            for kind, value in reference.events(model, epochs, t.lr, t.batch_size, t.n_train, t.n_val))
+        else:
+            self._events = prepare_run(run_config(method, fast=contender.split("=", 1)[1], epochs=epochs)).events()
+        self._rng = torch.get_rng_state()
+        self.step_seconds: list[float] = []
+        self.eval_seconds: list[float] = []
+        self.accuracies: list[float] = []
+        self.final_loss = float("nan")
+        self.done = False
+
+    def advance(self) -> None:
+        """Run until the next event, timing it, with this run's random generator state swapped in."""
+        torch.set_rng_state(self._rng)
+        start = time.perf_counter()
+        event = next(self._events, None)
+        seconds = time.perf_counter() - start
+        self._rng = torch.get_rng_state()
+        if event is None or event["type"] == "end":
+            self.done = True
+        elif event["type"] == "step":
+            self.step_seconds.append(seconds)
+            self.final_loss = event["train/loss"]
+        elif event["type"] == "eval":
+            self.eval_seconds.append(seconds)
+            self.accuracies.append(event["val/acc"])
+
+
+def _reference_event(kind: str, value: float) -> dict:
+    return {"type": "step", "train/loss": value} if kind == "step" else {"type": "eval", "val/acc": value}

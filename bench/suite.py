@@ -23,7 +23,7 @@ from tinylora.flops import training_step_flops
 from tinylora.methods import build_model
 from tinylora.quant import QuantizedLinear
 
-from .runs import Timing, run_config, run_reference, run_tinylora
+from .runs import SteppedRun, run_config, run_tinylora
 
 REFERENCE = "reference"
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,41 +64,49 @@ def contenders(fast_modes: tuple[str, ...]) -> list[str]:
     return [REFERENCE, *(f"tinylora fast={mode}" for mode in fast_modes)]
 
 
-def _run(contender: str, method: str, epochs: int) -> Timing:
-    if contender == REFERENCE:
-        return run_reference(method, epochs=epochs)
-    return run_tinylora(run_config(method, fast=contender.split("=", 1)[1], epochs=epochs))
-
-
 # Training throughput
 
 def throughput(methods: list[str], reps: int, epochs: int, fast_modes: tuple[str, ...]) -> dict:
-    """Time full training runs of every method by every contender, interleaved, `reps` times."""
+    """Train every method with every contender `reps` times, the contenders interleaved step by step.
+
+    Round-robin interleaving exposes every contender to the same load from other processes. A contender's
+    step time is the median over its steps, which shrugs off the steps that another process delayed.
+    """
     names = contenders(fast_modes)
-    timings: dict[str, dict[str, list[Timing]]] = {m: {c: [] for c in names} for m in methods}
+    runs: dict[str, dict[str, list[SteppedRun]]] = {m: {c: [] for c in names} for m in methods}
     for rep in range(reps):
         for method in methods:
             order = names if rep % 2 == 0 else names[::-1]
-            for contender in order:
-                timings[method][contender].append(_run(contender, method, epochs))
+            active = [SteppedRun(contender, method, epochs) for contender in order]
+            while not all(run.done for run in active):
+                for run in active:
+                    if not run.done:
+                        run.advance()
+            for contender, run in zip(order, active):
+                runs[method][contender].append(run)
             print(f"  throughput rep {rep + 1}/{reps} {method}: " + ", ".join(
-                f"{c} {timings[method][c][-1].step_seconds * 1e3:.1f} ms/step" for c in names), flush=True)
+                f"{c} {statistics.median(runs[method][c][-1].step_seconds) * 1e3:.1f} ms/step" for c in names),
+                flush=True)
 
     out = {}
-    for method, by_contender in timings.items():
+    for method, by_contender in runs.items():
         ref = by_contender[REFERENCE]
         entry = {}
-        for contender, runs in by_contender.items():
+        for contender, done in by_contender.items():
+            step = [statistics.median(r.step_seconds) for r in done]
+            ref_step = [statistics.median(r.step_seconds) for r in ref]
+            run_seconds = [sum(r.step_seconds) + sum(r.eval_seconds) for r in done]
+            ref_run = [sum(r.step_seconds) + sum(r.eval_seconds) for r in ref]
             entry[contender] = {
-                "steps": runs[0].steps,
-                "step_ms": spread([r.step_seconds * 1e3 for r in runs]),
-                "steps_per_second": spread([r.steps_per_second for r in runs]),
-                "run_seconds": spread([r.seconds for r in runs]),
-                "eval_seconds": spread([r.eval_seconds for r in runs]),
-                "speedup_steps": spread([r.steps_per_second / b.steps_per_second for r, b in zip(runs, ref)]),
-                "speedup_run": spread([b.seconds / r.seconds for r, b in zip(runs, ref)]),
-                "accuracies": runs[0].accuracies,
-                "final_loss": runs[0].final_loss,
+                "steps": len(done[0].step_seconds),
+                "step_ms": spread([s * 1e3 for s in step]),
+                "steps_per_second": spread([1 / s for s in step]),
+                "run_seconds": spread(run_seconds),
+                "eval_seconds": spread([sum(r.eval_seconds) for r in done]),
+                "speedup_steps": spread([b / s for s, b in zip(step, ref_step)]),
+                "speedup_run": spread([b / s for s, b in zip(run_seconds, ref_run)]),
+                "accuracies": done[0].accuracies,
+                "final_loss": done[0].final_loss,
             }
         out[method] = entry
     return out

@@ -3,7 +3,7 @@
 import pytest
 
 from bench.report import BEGIN, END, write_section
-from bench.runs import run_config, run_reference, run_tinylora
+from bench.runs import SteppedRun, run_config, run_reference, run_tinylora
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora-int8"])
@@ -45,3 +45,18 @@ def test_write_section_appends_markers_when_missing(tmp_path):
     write_section(path, "figures")
 
     assert path.read_text() == f"# Benchmarks\n\n{BEGIN}\nfigures\n{END}\n"
+
+
+def test_interleaved_runs_train_as_alone():
+    """Stepping two runs in turn keeps each run's batch order, so results equal those of lone runs."""
+    alone = run_tinylora(run_config("lora", fast="off", epochs=1))
+    runs = [SteppedRun("reference", "lora", 1), SteppedRun("tinylora fast=off", "lora", 1)]
+    while not all(run.done for run in runs):
+        for run in runs:
+            if not run.done:
+                run.advance()
+
+    for run in runs:
+        assert len(run.step_seconds) == 16
+        assert run.final_loss == alone.final_loss
+        assert run.accuracies == alone.accuracies
