@@ -131,7 +131,7 @@ def build(method: str, seed: int = 0, scheme: str | None = None, r: int = 4, lor
 
 
 def make_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The odd-majority task: label 1 when more than half of the 24 tokens are odd."""
+    """Draw `n` examples of the odd-majority task: label 1 when more than half of the 24 tokens are odd."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, VOCAB, (n, SEQ_LEN), generator=g)
     return x, ((x % 2 == 1).sum(dim=1) > SEQ_LEN / 2).long()

@@ -91,9 +91,9 @@ def render(results: dict) -> str:
         idle = mem["idle"]
         lines += ["### Memory", "",
                   "Each training run below ran alone in a fresh process. `peak RSS` is the process's peak "
-                  "resident set size (getrusage); `growth while training` is the peak after the model was "
-                  "built minus the resident size after importing torch (Linux VmHWM, reset then). A process that only "
-                  f"imports torch and builds the model peaks at {_mib(idle['max_rss_bytes'])}.", "",
+                  "resident set size (Linux VmHWM); `growth while training` is the peak after importing torch "
+                  "minus the resident size at that point (VmHWM reset then). A process that only imports torch "
+                  f"and builds the model peaks at {_mib(idle['peak_rss_bytes'])}.", "",
                   "| method | frozen base stored | of it, block linear weights | implementation | peak RSS "
                   "| growth while training |",
                   "|---|---|---|---|---|---|"]
@@ -103,7 +103,7 @@ def render(results: dict) -> str:
             for contender, p in e["processes"].items():
                 growth = "n/a" if "peak_during_bytes" not in p else _mib(p["peak_during_bytes"] - p["rss_before_bytes"])
                 lines.append(f"| {method} | {e['frozen_bytes']:,} B | {e['frozen_linear_weight_bytes']:,} B | "
-                             f"{contender} | {_mib(p['max_rss_bytes'])} | {growth} |")
+                             f"{contender} | {_mib(p['peak_rss_bytes'])} | {growth} |")
         lines.append("")
 
     if "accuracy" in results:

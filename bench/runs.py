@@ -31,7 +31,7 @@ class Timing:
 
 
 def run_config(method: str, fast: str | None = None, seed: int = 0, epochs: int | None = None) -> RunConfig:
-    """The default configuration for `method`, with `fast`, `seed` and `epochs` replaced when given."""
+    """Build the default configuration for `method`, with `fast`, `seed` and `epochs` replaced when given."""
     train = RunConfig().train
     changes = {"seed": seed}
     if fast is not None:
@@ -73,8 +73,8 @@ def run_tinylora(config: RunConfig) -> Timing:
 class SteppedRun:
     """A training run advanced one event at a time, so that several runs can share a process step by step.
 
-    Each run keeps its own copy of the global random generator's state, so interleaving does not change
-    any run's batch order: every run trains exactly as it would alone.
+    Each run keeps its own copy of the global random generator's state. So interleaving does not change any
+    run's batch order, and every run trains exactly as it would alone.
     """
 
     def __init__(self, contender: str, method: str, epochs: int):

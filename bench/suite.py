@@ -8,7 +8,6 @@ the medians of per-repetition ratios.
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -249,10 +248,6 @@ def memory(methods: list[str], epochs: int, fast_modes: tuple[str, ...]) -> dict
         out[method] = frozen_base_bytes(method)
         out[method]["processes"] = {c: peak_rss(method, c, epochs) for c in contenders(fast_modes)}
     return out
-
-
-def max_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports kilobytes
 
 
 # Accuracy of the options that change results
