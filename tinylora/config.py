@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .fastpath import FAST_MODES
 from .lora import TARGETABLE, LoRAConfig
 from .model import ModelConfig
 from .quant import BLOCK_SIZES
@@ -60,6 +61,9 @@ class TrainConfig:
     n_val: int = 512
     train_data_seed: int = 1
     val_data_seed: int = 2
+    # "auto" runs tinylora.fastpath for LoRA and QLoRA and the eager modules for a full finetune. "fused" runs
+    # the fast path for every method. "off" runs the eager modules, which match the reference bit for bit.
+    fast: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,8 @@ class RunConfig:
             raise ValueError(f"epochs must be at least 1, got {t.epochs}")
         if t.batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {t.batch_size}")
+        if t.fast not in FAST_MODES:
+            raise ValueError(f"train.fast must be one of {', '.join(FAST_MODES)}, got {t.fast!r}")
         if t.n_train < 1 or t.n_val < 1:
             raise ValueError(f"training and validation sets need at least 1 example, got {t.n_train} and {t.n_val}")
         if not (math.isfinite(t.weight_decay) and t.weight_decay >= 0):

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import RANDOM_BASE, RunConfig, TrainConfig
+from .fastpath import make_forward
 from .methods import build_model
 from .model import count_parameters
 from .tasks import make_data
@@ -32,14 +33,16 @@ Data = tuple[torch.Tensor, torch.Tensor]
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Data, batch_size: int = 1024) -> tuple[float, float]:
-    """Return (accuracy, mean cross-entropy) of `model` on `data`."""
+def evaluate(model: nn.Module, data: Data, batch_size: int = 1024,
+             forward: Callable[..., torch.Tensor] | None = None) -> tuple[float, float]:
+    """Return (accuracy, mean cross-entropy) of `model` on `data`, computing logits with `forward` when given."""
     x, y = data
+    forward = model if forward is None else forward
     was_training = model.training
     model.eval()
     correct, loss_sum = 0, 0.0
     for i in range(0, len(x), batch_size):
-        logits = model(x[i:i + batch_size])
+        logits = forward(x[i:i + batch_size])
         correct += (logits.argmax(-1) == y[i:i + batch_size]).sum().item()
         loss_sum += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
     model.train(was_training)
@@ -58,7 +61,10 @@ def train(model: nn.Module, train_data: Data, val_data: Data, config: TrainConfi
     n = len(x)
     steps_per_epoch = math.ceil(n / config.batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    # The fast path computes the eager model's logits up to float rounding (see tinylora.fastpath). Foreach
+    # AdamW updates every parameter with a few batched operators and matches the default loop bit for bit.
+    forward = make_forward(model, config.fast)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
     yield {"type": "start", "trainable": count_parameters(model, trainable_only=True),
            "total": count_parameters(model), "steps_total": steps_per_epoch * config.epochs}
 
@@ -72,7 +78,7 @@ def train(model: nn.Module, train_data: Data, val_data: Data, config: TrainConfi
 
     def evaluation(epoch: float) -> dict:
         nonlocal final_acc
-        final_acc, val_loss = evaluate(model, val_data)
+        final_acc, val_loss = evaluate(model, val_data, forward=forward)
         return {"type": "eval", "step": step, "epoch": epoch, "val/acc": final_acc,
                 "val/loss": val_loss if math.isfinite(val_loss) else None,
                 "seconds": time.perf_counter() - start}
@@ -82,7 +88,7 @@ def train(model: nn.Module, train_data: Data, val_data: Data, config: TrainConfi
         perm = torch.randperm(n)
         for i in range(0, n, config.batch_size):
             idx = perm[i:i + config.batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss = F.cross_entropy(forward(x[idx]), y[idx])
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 yield end("diverged", f"the training loss became {loss_value} at step {step + 1} (epoch {epoch}); "

@@ -6,6 +6,7 @@ import sys
 
 from ..checkpoints import base_path, is_cached
 from ..config import BASES, METHODS, QuantOptions, RunConfig, TrainConfig
+from ..fastpath import FAST_MODES
 from ..lora import TARGETABLE, LoRAConfig
 from ..quant import BLOCK_SIZES
 from ..tasks import TASKS
@@ -30,6 +31,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=dt.batch_size)
     parser.add_argument("--seed", type=int, default=dt.seed,
                         help="seeds model and adapter initialisation and the batch order (default %(default)s)")
+    parser.add_argument("--fast", choices=list(FAST_MODES), default=dt.fast,
+                        help="auto: the fused fast path for LoRA and QLoRA, eager modules for a full finetune; "
+                             "fused: the fast path for every method; off: eager modules, bit for bit the "
+                             "reference recipe (default %(default)s)")
     parser.add_argument("--quant-modules", choices=["all", "targets"], default=dq.modules,
                         help="QLoRA: quantize every frozen block linear, or only the LoRA targets as the "
                              "reference notebook does (default %(default)s)")
@@ -46,7 +51,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         task=args.task,
         base=args.base,
         lora=LoRAConfig(r=args.r, lora_alpha=args.lora_alpha, target_modules=targets),
-        train=TrainConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed),
+        train=TrainConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                          fast=args.fast),
         quant=QuantOptions(modules=args.quant_modules, block_size=args.block_size, double_quant=args.double_quant),
     )
 
