@@ -321,63 +321,33 @@ class Runner:
                 log.error("run %s failed: %s", run_id, reason)
 
 
-def _max_threads_for_new_run(store: RunStore) -> int:
-    """Share the cores among the runs that are running, so concurrent runs do not oversubscribe them."""
-    return max(1, (os.cpu_count() or 1) // max(1, store.count_running()))
+def threads_per_run() -> int:
+    """Intra-op threads of each worker: `$TINYLORA_THREADS`, or the cores divided among `max_runs()` runs.
 
-
-class ThreadTuner:
-    """Pick the intra-op thread count that trains fastest right now, and re-check it as load changes.
-
-    On a machine shared with a browser, the server and other runs, two OpenMP threads can be several times
-    slower than one, while on an idle machine two are faster. So the worker measures instead of guessing. It
-    times `window` steps with each candidate count, keeps the fastest for `exploit` steps, then measures again.
-    The thread count does not change the numbers a run computes (tested on the default run), only its speed.
+    The count is fixed by configuration, never by the load of the moment, because the fast training path's
+    float sums (and so a run's low bits) depend on it: the same seed on the same settings gives the same
+    numbers. With the defaults on 2 cores every run gets one thread, which also leaves a core for the
+    browser and the server; two OpenMP threads on a busy core were measured several times slower than one.
     """
-
-    def __init__(self, max_threads: int, window: int = 8, exploit: int = 96):
-        import torch
-
-        self._torch = torch
-        self.candidates = list(range(1, max_threads + 1))
-        self.window, self.exploit = window, exploit
-        self.timings: dict[int, float] = {}
-        self.index = 0  # position in the measuring cycle; len(candidates) means exploiting
-        self.steps_in_phase = 0
-        self.phase_start = time.perf_counter()
-        self._set(self.candidates[0])
-
-    def _set(self, threads: int) -> None:
-        self.threads = threads
-        self._torch.set_num_threads(threads)
-
-    def on_event(self, event: dict) -> None:
-        if len(self.candidates) == 1:
-            return
-        if event["type"] != "step":
-            self.steps_in_phase = 0  # an evaluation falls in this window: start timing it again
-            self.phase_start = time.perf_counter()
-            return
-        self.steps_in_phase += 1
-        measuring = self.index < len(self.candidates)
-        if self.steps_in_phase < (self.window if measuring else self.exploit):
-            return
-        if measuring:
-            self.timings[self.threads] = (time.perf_counter() - self.phase_start) / self.steps_in_phase
-            self.index += 1
-        else:
-            self.index, self.timings = 0, {}
-        if self.index < len(self.candidates):
-            self._set(self.candidates[self.index])
-        else:
-            self._set(min(self.timings, key=self.timings.get))
-        self.steps_in_phase = 0
-        self.phase_start = time.perf_counter()
+    value = os.environ.get("TINYLORA_THREADS")
+    if value:
+        try:
+            n = int(value)
+            if n >= 1:
+                return n
+        except ValueError:
+            pass
+        log.warning("ignoring TINYLORA_THREADS=%r: it must be a whole number >= 1", value)
+    return max(1, (os.cpu_count() or 1) // max_runs())
 
 
 def execute(store: RunStore, run_id: str, kind: str, params: dict[str, Any]) -> int:
     """Run one job in this process, streaming its events into the store; return the process exit code."""
-    tuner = ThreadTuner(_max_threads_for_new_run(store))
+    import torch
+
+    threads = threads_per_run()
+    torch.set_num_threads(threads)
+    store.append_events(run_id, [], summary={"threads": threads})
     run_dir = store.run_dir(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     last_poll, stop = 0.0, False
@@ -404,7 +374,6 @@ def execute(store: RunStore, run_id: str, kind: str, params: dict[str, Any]) -> 
     last_flush = time.monotonic()
     try:
         for event in _job_function(kind)(params, JobContext(run_id, store, run_dir, should_stop)):
-            tuner.on_event(event)
             buffer.append(event)
             if event["type"] == "start":
                 store.append_events(run_id, buffer, summary={k: v for k, v in event.items() if k != "type"})
