@@ -9,6 +9,8 @@ second and records the final status. Pages only read the store, so a rerun, a pa
 server restart never stops or duplicates a run.
 
 A job kind is a generator function `fn(params: dict, ctx: JobContext) -> Iterator[dict]` named in `JOB_KINDS`.
+Kinds in `COORDINATOR_KINDS` (a sweep's dispatcher) only queue and watch other runs, so they start at once
+and take none of the `max_runs()` training slots.
 """
 
 import fcntl
@@ -20,7 +22,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,9 @@ log = logging.getLogger("tinylora.jobs")
 # Job kind -> "module:function" of a generator that yields the job's events.
 JOB_KINDS = {
     "train": "tinylora.jobs:train_job",
+    "sweep": "tinylora.sweep_jobs:sweep_job",
 }
+COORDINATOR_KINDS = ("sweep",)  # kinds that start other runs and train nothing themselves
 
 FLUSH_SECONDS = 0.1  # how often a worker writes buffered events to the store
 STOP_POLL_SECONDS = 0.2  # how often a worker reads the stop flag
@@ -51,6 +55,11 @@ def max_runs() -> int:
             pass
         log.warning("ignoring TINYLORA_MAX_RUNS=%r: it must be a whole number >= 1", value)
     return max(1, os.cpu_count() or 1)
+
+
+def busy_slots(store: RunStore) -> int:
+    """Count the training slots in use on this machine (coordinator runs take none)."""
+    return store.count_running(exclude_kinds=COORDINATOR_KINDS)
 
 
 @dataclass
@@ -90,6 +99,9 @@ def validate_job(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     if kind == "train":
         from .config import RunConfig
         return RunConfig.from_dict(params).validate().to_dict()
+    if kind == "sweep":
+        from .sweep import validate_sweep_job
+        return validate_sweep_job(params)
     return params
 
 
@@ -148,13 +160,14 @@ def ensure_runner(home: Path) -> None:
 
 
 class Runner:
-    """Starts queued runs in forked workers, at most `max_runs()` at a time, and reaps them."""
+    """Starts queued runs in forked workers, at most `max_runs()` training runs at a time, and reaps them."""
 
     def __init__(self, home: Path, idle_exit: float = 600.0, poll: float = 0.05):
         self.store = RunStore(home)
         self.idle_exit = idle_exit
         self.poll = poll
         self.children: dict[int, str] = {}  # worker pid -> run id
+        self.coordinators: set[int] = set()  # pids of the children that run a coordinator kind
         self.lock = None
 
     def run_forever(self) -> None:
@@ -182,24 +195,31 @@ class Runner:
 
     def start_queued(self) -> bool:
         started = False
-        while len(self.children) < max_runs():
-            run = self.store.claim_next(os.getpid())
+        while (run := self.store.claim_next(os.getpid(), kinds=COORDINATOR_KINDS)) is not None:
+            self.coordinators.add(self._fork(run))
+            started = True
+        while len(self.children) - len(self.coordinators) < max_runs():
+            run = self.store.claim_next(os.getpid(), exclude_kinds=COORDINATOR_KINDS)
             if run is None:
                 break
-            pid = os.fork()
-            if pid == 0:
-                # The worker must not keep the runner's lock alive after the runner exits.
-                self.lock.close()
-                code = 1
-                try:
-                    code = execute(self.store, run.id, run.kind, run.config)
-                finally:
-                    os._exit(code)
-            self.store.set_pid(run.id, pid)
-            self.children[pid] = run.id
-            log.info("run %s started in worker %d", run.id, pid)
+            self._fork(run)
             started = True
         return started
+
+    def _fork(self, run) -> int:
+        pid = os.fork()
+        if pid == 0:
+            # The worker must not keep the runner's lock alive after the runner exits.
+            self.lock.close()
+            code = 1
+            try:
+                code = execute(self.store, run.id, run.kind, run.config)
+            finally:
+                os._exit(code)
+        self.store.set_pid(run.id, pid)
+        self.children[pid] = run.id
+        log.info("run %s (%s) started in worker %d", run.id, run.kind, pid)
+        return pid
 
     def reap(self) -> None:
         for pid, run_id in list(self.children.items()):
@@ -207,6 +227,7 @@ class Runner:
             if not done:
                 continue
             del self.children[pid]
+            self.coordinators.discard(pid)
             if os.WIFSIGNALED(status):
                 reason = f"the worker process was killed by signal {os.WTERMSIG(status)}"
             else:
@@ -216,8 +237,8 @@ class Runner:
 
 
 def _max_threads_for_new_run(store: RunStore) -> int:
-    """Share the cores among the runs that are running, so concurrent runs do not oversubscribe them."""
-    return max(1, (os.cpu_count() or 1) // max(1, store.count_running()))
+    """Share the cores among the runs that are training, so concurrent runs do not oversubscribe them."""
+    return max(1, (os.cpu_count() or 1) // max(1, busy_slots(store)))
 
 
 class ThreadTuner:
@@ -291,11 +312,27 @@ def execute(store: RunStore, run_id: str, kind: str, params: dict[str, Any]) -> 
             store.append_events(run_id, [])
 
     threading.Thread(target=heartbeat, daemon=True).start()
+    try:
+        return record_events(store, run_id, kind,
+                             lambda: _job_function(kind)(params, JobContext(run_id, store, run_dir, should_stop)),
+                             on_event=tuner.on_event)
+    finally:
+        beating.set()
+
+
+def record_events(store: RunStore, run_id: str, kind: str, make_events: Callable[[], Iterable[dict]],
+                  on_event: Callable[[dict], None] | None = None) -> int:
+    """Store the events of `make_events()` in small batches and the run's final status; return an exit code.
+
+    The "start" and "end" events' fields are merged into the run's summary, and the "end" event finishes
+    the run. An exception, raised while making or iterating the events, fails the run with its message.
+    """
     buffer: list[dict] = []
     last_flush = time.monotonic()
     try:
-        for event in _job_function(kind)(params, JobContext(run_id, store, run_dir, should_stop)):
-            tuner.on_event(event)
+        for event in make_events():
+            if on_event is not None:
+                on_event(event)
             buffer.append(event)
             if event["type"] == "start":
                 store.append_events(run_id, buffer, summary={k: v for k, v in event.items() if k != "type"})
@@ -321,5 +358,3 @@ def execute(store: RunStore, run_id: str, kind: str, params: dict[str, Any]) -> 
             store.append_events(run_id, buffer)
         store.finish_run(run_id, "failed", f"{type(error).__name__}: {error}", only_if_active=True)
         return 1
-    finally:
-        beating.set()

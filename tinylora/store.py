@@ -4,6 +4,10 @@ Statuses: queued, running, finished, stopped, diverged, failed, interrupted. A r
 timings and final metrics; its events are the training loop's plain dicts in order. Every call opens its own
 short-lived connection, so the store is safe to use from Streamlit's script threads, the runner and any
 number of worker processes at once.
+
+A run's `executor` says where it trains: "" (this machine's runner, which claims it from the queue) or the
+name of a remote executor such as "ray", whose dispatcher process starts it elsewhere and records its events
+here; the runner never claims those.
 """
 
 import json
@@ -40,9 +44,11 @@ CREATE TABLE IF NOT EXISTS runs (
     heartbeat REAL,
     stop_requested INTEGER NOT NULL DEFAULT 0,
     owner TEXT NOT NULL DEFAULT '',
-    group_id TEXT NOT NULL DEFAULT ''
+    group_id TEXT NOT NULL DEFAULT '',
+    executor TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status, created);
+CREATE INDEX IF NOT EXISTS runs_group ON runs(group_id);
 CREATE TABLE IF NOT EXISTS events (
     run_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -51,6 +57,13 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (run_id, seq)
 );
 """
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring a database written by an older tinylora up to SCHEMA's columns."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+    if columns and "executor" not in columns:
+        db.execute("ALTER TABLE runs ADD COLUMN executor TEXT NOT NULL DEFAULT ''")
 
 
 class StoreError(RuntimeError):
@@ -75,6 +88,7 @@ class Run:
     stop_requested: bool
     owner: str
     group_id: str
+    executor: str = ""  # "": this machine's runner; otherwise the remote executor that trains the run
 
     @property
     def active(self) -> bool:
@@ -114,6 +128,7 @@ class RunStore:
             self.home.mkdir(parents=True, exist_ok=True)
             with self._connect() as db:
                 db.execute("PRAGMA journal_mode=WAL")
+                _add_missing_columns(db)
                 db.executescript(SCHEMA)
         except (OSError, sqlite3.Error, StoreError) as error:
             cause = error.__cause__ if isinstance(error, StoreError) and error.__cause__ else error
@@ -142,19 +157,34 @@ class RunStore:
 
     # Writing runs
 
-    def create_run(self, kind: str, config: dict[str, Any], owner: str = "", group_id: str = "") -> str:
+    def create_run(self, kind: str, config: dict[str, Any], owner: str = "", group_id: str = "",
+                   executor: str = "", pid: int | None = None) -> str:
+        """Store a queued run and return its id; a remote `executor` passes the `pid` of its dispatcher."""
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        now = time.time()
         with self._connect() as db:
-            db.execute("INSERT INTO runs (id, kind, created, config, status, owner, group_id) "
-                       "VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-                       (run_id, kind, time.time(), json.dumps(config), owner, group_id))
+            db.execute("INSERT INTO runs (id, kind, created, config, status, owner, group_id, executor, pid, heartbeat) "
+                       "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                       (run_id, kind, now, json.dumps(config), owner, group_id, executor, pid,
+                        now if pid is not None else None))
         return run_id
 
-    def claim_next(self, pid: int) -> Run | None:
-        """Mark the oldest queued run as running under `pid` and return it, or None when the queue is empty."""
+    def claim_next(self, pid: int, kinds: tuple[str, ...] = (), exclude_kinds: tuple[str, ...] = ()) -> Run | None:
+        """Mark the oldest queued local run as running under `pid` and return it, or None when none is queued.
+
+        `kinds` limits the claim to those job kinds and `exclude_kinds` skips those; runs of a remote executor
+        are never claimed.
+        """
+        query, args = "SELECT id FROM runs WHERE status = 'queued' AND executor = ''", []
+        if kinds:
+            query += f" AND kind IN ({','.join('?' * len(kinds))})"
+            args.extend(kinds)
+        if exclude_kinds:
+            query += f" AND kind NOT IN ({','.join('?' * len(exclude_kinds))})"
+            args.extend(exclude_kinds)
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            row = db.execute("SELECT id FROM runs WHERE status = 'queued' ORDER BY created, rowid LIMIT 1").fetchone()
+            row = db.execute(query + " ORDER BY created, rowid LIMIT 1", args).fetchone()
             if row is None:
                 db.execute("COMMIT")
                 return None
@@ -163,6 +193,13 @@ class RunStore:
                        (pid, now, now, row["id"]))
             db.execute("COMMIT")
         return self.get_run(row["id"])
+
+    def start_run(self, run_id: str, pid: int) -> bool:
+        """Mark a queued run as running under `pid`; return False when it is no longer queued (stopped meanwhile)."""
+        now = time.time()
+        with self._connect() as db:
+            return db.execute("UPDATE runs SET status = 'running', pid = ?, started = ?, heartbeat = ? "
+                              "WHERE id = ? AND status = 'queued'", (pid, now, now, run_id)).rowcount > 0
 
     def set_pid(self, run_id: str, pid: int) -> None:
         with self._connect() as db:
@@ -254,25 +291,34 @@ class RunStore:
         return [(seq, json.loads(data)) for seq, data in rows]
 
     def queue_position(self, run_id: str) -> int | None:
-        """Return 1 for the next queued run to start, 2 for the one after it, and None when not queued."""
+        """Return 1 for the next queued run of its executor to start, 2 for the one after it, None when not queued."""
         with self._connect() as db:
-            row = db.execute("SELECT created, status, rowid FROM runs WHERE id = ?", (run_id,)).fetchone()
+            row = db.execute("SELECT created, status, rowid, executor FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None or row["status"] != "queued":
                 return None
-            ahead = db.execute("SELECT COUNT(*) FROM runs WHERE status = 'queued' AND "
+            ahead = db.execute("SELECT COUNT(*) FROM runs WHERE status = 'queued' AND executor = ? AND "
                                "(created < ? OR (created = ? AND rowid < ?))",
-                               (row["created"], row["created"], row["rowid"])).fetchone()[0]
+                               (row["executor"], row["created"], row["created"], row["rowid"])).fetchone()[0]
         return ahead + 1
 
-    def count_running(self) -> int:
+    def count_running(self, exclude_kinds: tuple[str, ...] = ()) -> int:
+        """Count the runs running on this machine's runner, leaving out the job kinds in `exclude_kinds`."""
+        query, args = "SELECT COUNT(*) FROM runs WHERE status = 'running' AND executor = ''", []
+        if exclude_kinds:
+            query += f" AND kind NOT IN ({','.join('?' * len(exclude_kinds))})"
+            args.extend(exclude_kinds)
         with self._connect() as db:
-            return db.execute("SELECT COUNT(*) FROM runs WHERE status = 'running'").fetchone()[0]
+            return db.execute(query, args).fetchone()[0]
 
     def mark_interrupted(self, now: float | None = None) -> list[str]:
-        """Mark running runs whose worker is gone and whose heartbeat is stale as interrupted; return their ids."""
+        """Mark runs whose process is gone and whose heartbeat is stale as interrupted; return their ids.
+
+        That covers running runs, and queued runs of a remote executor whose dispatcher process is gone.
+        """
         now = time.time() if now is None else now
-        stale = [r for r in self.list_runs(statuses=("running",))
-                 if (r.heartbeat or 0) < now - HEARTBEAT_TIMEOUT and not pid_alive(r.pid)]
+        candidates = self.list_runs(statuses=("running",)) + [
+            r for r in self.list_runs(statuses=("queued",)) if r.executor]
+        stale = [r for r in candidates if (r.heartbeat or 0) < now - HEARTBEAT_TIMEOUT and not pid_alive(r.pid)]
         for run in stale:
             self.finish_run(run.id, "interrupted", "the worker process stopped without finishing the run "
                             "(the server or machine was restarted); start it again", only_if_active=True)
