@@ -7,6 +7,7 @@ import sys
 # Subcommand name -> module in tinylora.commands with `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS = {
     "train": "Train one run and print its per-epoch log (or --json).",
+    "sweep": "Run a hyperparameter sweep through the job runner (or a Ray cluster) and print its results.",
 }
 
 
