@@ -3,7 +3,7 @@
 import streamlit as st
 
 from tinylora.config import METHOD_LABELS
-from tinylora.jobs import max_runs
+from tinylora.jobs import busy_slots, max_runs
 from tinylora.progress import RunProgress, read_progress
 from tinylora.store import RunStore
 
@@ -17,7 +17,9 @@ def describe_config(config: dict) -> str:
     lora, train = config.get("lora", {}), config.get("train", {})
     parts = [METHOD_LABELS.get(config.get("method"), config.get("method", "?")), f"task {config.get('task')}"]
     if config.get("method") != "full":
-        parts.append(f"r={lora.get('r')}, lora_alpha={lora.get('lora_alpha'):g} on {'+'.join(lora.get('target_modules', []))}")
+        scaling = " (rsLoRA)" if lora.get("use_rslora") else ""
+        parts.append(f"r={lora.get('r')}, lora_alpha={lora.get('lora_alpha'):g}{scaling} on "
+                     f"{'+'.join(lora.get('target_modules', []))}")
     parts.append(f"lr {train.get('lr'):g}, {train.get('epochs')} epochs, batch {train.get('batch_size')}, "
                  f"seed {train.get('seed')}")
     return " · ".join(parts)
@@ -35,8 +37,12 @@ def _status_message(store: RunStore, p: RunProgress) -> None:
     run = p.run
     if run.status == "queued":
         position = store.queue_position(run.id)
-        st.info(f"Queued at position {position}: {store.count_running()} of {max_runs()} training slots are busy. "
-                f"It starts as soon as a slot frees up.", icon=":material/hourglass_top:")
+        if run.executor:
+            st.info(f"Queued on the {run.executor} cluster: it starts when the cluster has a free CPU.",
+                    icon=":material/hourglass_top:")
+        else:
+            st.info(f"Queued at position {position}: {busy_slots(store)} of {max_runs()} training slots are busy. "
+                    f"It starts as soon as a slot frees up.", icon=":material/hourglass_top:")
     elif run.status == "running":
         text = f"Step {p.step} of {p.steps_total or '…'} · {format_seconds(p.elapsed)} elapsed"
         if p.remaining is not None:
