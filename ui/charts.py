@@ -91,12 +91,13 @@ def accuracy_params_chart(accuracy, trainable) -> go.Figure:
     fig = go.Figure()
     for i, (name, group) in enumerate(accuracy.groupby("series", sort=False)):
         std = [0.0 if s is None or s != s else s for s in group["acc_std"]]
-        fig.add_trace(go.Scatter(x=group["r"], y=group["acc_mean"], mode="lines+markers", name=f"accuracy: {name}",
+        fig.add_trace(go.Scatter(x=group["r"].tolist(), y=group["acc_mean"].tolist(), mode="lines+markers",
+                                 name=f"accuracy: {name}",
                                  error_y=dict(type="data", array=std, visible=True, thickness=1.2),
                                  line=dict(color=COLORS[i % len(COLORS)], width=2), marker=dict(size=8),
                                  hovertemplate="r %{x}<br>mean accuracy %{y:.3f}<extra>%{fullData.name}</extra>"))
     for i, (name, group) in enumerate(trainable.groupby("series", sort=False)):
-        fig.add_trace(go.Scatter(x=group["r"], y=group["trainable"], mode="lines+markers", yaxis="y2",
+        fig.add_trace(go.Scatter(x=group["r"].tolist(), y=group["trainable"].tolist(), mode="lines+markers", yaxis="y2",
                                  name=f"trainable: {name}" if name else "trainable parameters",
                                  line=dict(color="#888", dash="dash", width=1.4),
                                  marker=dict(symbol=["square", "diamond", "triangle-up", "x"][i % 4], size=7),

@@ -43,13 +43,23 @@ def _varying_axes(runs: pd.DataFrame, record: SweepRecord) -> list[str]:
     return [a for a in record.spec.point_axes if runs[a].map(lambda v: label(a, v)).nunique() > 1]
 
 
-def results_tables(runs: pd.DataFrame, points: pd.DataFrame, record: SweepRecord, key: str) -> None:
+def fixed_settings(runs: pd.DataFrame, record: SweepRecord, varying: list[str]) -> str:
+    """The axes every point shares, as "method=lora, lr=0.005"."""
+    fixed = {a: runs[a].iloc[0] for a in record.spec.point_axes if a not in varying and len(runs)}
+    return describe_point(fixed) if fixed else ""
+
+
+def results_tables(runs: pd.DataFrame, points: pd.DataFrame, record: SweepRecord, varying: list[str],
+                   key: str) -> None:
     points_tab, runs_tab = st.tabs(["Points (mean over seeds)", "Runs"])
     number = st.column_config.NumberColumn
     with points_tab:
-        view = points.drop(columns=["acc_min", "acc_max", "seeds_done"]).copy()
-        for axis in record.spec.point_axes:
+        shared = [a for a in record.spec.point_axes if a not in varying]
+        view = points.drop(columns=["acc_min", "acc_max", "seeds_done", *shared]).copy()
+        for axis in varying:
             view[axis] = view[axis].map(lambda v, axis=axis: label(axis, v))
+        if shared:
+            st.caption(f"Every point shares {fixed_settings(runs, record, varying)}.")
         st.dataframe(view, key=f"{key}-points", hide_index=True, column_config={
             "acc_mean": number("mean acc", format="%.3f", help="mean final validation accuracy over finished seeds"),
             "acc_std": number("std", format="%.3f", help="sample standard deviation over seeds"),
@@ -123,12 +133,12 @@ def r_section(runs: pd.DataFrame, record: SweepRecord, varying: list[str], key: 
                     config=CHART_CONFIG)
 
 
-def best_section(store: RunStore, points: pd.DataFrame, record: SweepRecord, key: str) -> None:
+def best_section(store: RunStore, points: pd.DataFrame, record: SweepRecord, varying: list[str], key: str) -> None:
     best = best_point(points)
     if best is None:
         st.caption("The best configuration appears when the first run finishes.")
         return
-    axes = {a: best[a] for a in record.spec.point_axes}
+    axes = {a: best[a] for a in (varying or record.spec.point_axes)}
     spread = f" ± {best['acc_std']:.3f}" if pd.notna(best["acc_std"]) else ""
     st.success(f"Best so far: {describe_point(axes)}: mean validation accuracy {best['acc_mean']:.3f}{spread} over "
                f"{best['seeds_finished']} seed(s), {int(best['trainable']):,} trainable parameters.",
@@ -154,8 +164,8 @@ def live_sweep_view(store: RunStore, record: SweepRecord, key: str = "sweep") ->
                     text=progress_line(progress))
         points = points_table(runs, record.spec)
         varying = _varying_axes(runs, record)
-        best_section(store, points, record, key)
-        results_tables(runs, points, record, key)
+        best_section(store, points, record, varying, key)
+        results_tables(runs, points, record, varying, key)
         heatmap_section(runs, record, varying, key)
         parallel_section(runs, record, varying, key)
         r_section(runs, record, varying, key)
