@@ -1,7 +1,7 @@
 """Sweeps on a real Ray cluster: a local head node on 127.0.0.1 with 2 CPUs, started once for the module.
 
-The head runs `ray start --head --block` in its own process group with token authentication (a token file
-of its own), no usage statistics and loopback-only listeners; teardown ends that process group.
+The head runs `ray start --head --block` in its own process group, with token authentication from a token
+file of its own, no usage statistics and listeners on 127.0.0.1 only. Teardown ends that process group.
 """
 
 import os

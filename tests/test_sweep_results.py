@@ -46,7 +46,7 @@ def swept(store):
     return record
 
 
-def test_runs_table_has_a_row_per_point_and_seed(store, swept):
+def test_runs_table_row_per_slot(store, swept):
     runs = runs_table(store, swept)
     assert list(runs.columns) == ["r", "lora_alpha", "seed", "status", "final_acc", "trainable", "seconds", "run_id"]
     assert len(runs) == 8
@@ -103,7 +103,7 @@ def test_heatmap_rejects_same_axis_twice(store, swept):
         heatmap_data(runs_table(store, swept), swept.spec, "r", "r")
 
 
-def test_stopped_runs_do_not_count_and_newer_finished_wins(store, swept):
+def test_stopped_run_then_newer_finished(store, swept):
     point = {"r": 8, "lora_alpha": 16.0}
     stopped = add_run(store, swept, point, 1, status="stopped", acc=0.55)
     runs = runs_table(store, swept)

@@ -10,6 +10,10 @@ the run's directory, so the Train page and the sweep page show remote runs live,
 
 A stop request reaches a task through a small `StopFlags` actor that the task polls a few times a second, so
 a stopped remote run, like a local one, evaluates once more and keeps its weights.
+
+NOTE: only a single-node cluster on 127.0.0.1 is tested. A multi-machine cluster also needs the same Python
+minor version and torch 2.13.0 on every node, and network paths both ways between the dispatcher's machine
+(a Ray driver) and the nodes.
 """
 
 import importlib.util
@@ -42,7 +46,7 @@ def ray_installed() -> bool:
 
 
 def default_ray_address() -> str:
-    """The cluster address from `$TINYLORA_RAY_ADDRESS`, or "" when unset."""
+    """Return the cluster address in `$TINYLORA_RAY_ADDRESS`, or "" when unset."""
     return os.environ.get(RAY_ADDRESS_ENV, "").strip()
 
 
@@ -70,7 +74,7 @@ def _is_loopback(host: str) -> bool:
 
 
 class StopFlags:
-    """The ids of runs asked to stop; a Ray actor that tasks poll (it holds no CPU)."""
+    """The ids of runs with a stop request, kept in a Ray actor that tasks poll (it reserves no CPU)."""
 
     def __init__(self):
         self.stopped: set[str] = set()
@@ -83,7 +87,7 @@ class StopFlags:
 
 
 def train_on_worker(config: dict[str, Any], run_id: str, flags) -> Iterator[dict]:
-    """The Ray task: train `config`, yield {"events": [...]} batches and then {"files": {path: bytes}}.
+    """Train `config` as a Ray task, yielding {"events": [...]} batches and then {"files": {path: bytes}}.
 
     The weights' files come before the batch holding the "end" event, so a run is never marked ended before
     its weights are in place.
@@ -96,7 +100,7 @@ def train_on_worker(config: dict[str, Any], run_id: str, flags) -> Iterator[dict
     from .training import prepare_run
     from .weights import save_trained
 
-    torch.set_num_threads(1)  # the task holds one CPU of the cluster
+    torch.set_num_threads(1)  # the task reserves one CPU of the cluster
     last_poll, stop = 0.0, False
 
     def should_stop() -> bool:

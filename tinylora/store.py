@@ -5,7 +5,7 @@ timings and final metrics; its events are the training loop's plain dicts in ord
 short-lived connection, so the store is safe to use from Streamlit's script threads, the runner and any
 number of worker processes at once.
 
-A run's `executor` says where it trains: "" (this machine's runner, which claims it from the queue) or the
+A run's `executor` names where it trains: "" (this machine's runner, which claims it from the queue) or the
 name of a remote executor such as "ray", whose dispatcher process starts it elsewhere and records its events
 here; the runner never claims those.
 """

@@ -2,7 +2,7 @@
 
 A sweep varies some of a `RunConfig`'s settings, its axes, and keeps the rest at `SweepSpec.base`. An axis is
 either a list of values or, for random and TPE search, a numeric `Range`. A point is one value per axis other
-than `seed`; every point trains once per seed, so several seeds give a mean and a spread per point. Each of
+than `seed`. Every point trains once per seed, so several seeds give a mean and a spread per point. Each of
 those trainings is an ordinary "train" run in the run store whose `group_id` is the sweep's id.
 
 Search strategies:
@@ -102,6 +102,8 @@ class SweepSpec:
     def validate(self) -> "SweepSpec":
         """Raise ValueError naming the first invalid axis, value or setting; return self when valid."""
         self.base.validate()
+
+        # Settings of the sweep itself
         if self.search not in SEARCHES:
             raise ValueError(f"unknown search {self.search!r}; choose one of {', '.join(SEARCHES)}")
         if self.executor not in EXECUTORS:
@@ -109,11 +111,15 @@ class SweepSpec:
         if self.executor == "ray" and not self.ray_address.strip():
             raise ValueError("the Ray executor needs the address of a running Ray cluster, such as 127.0.0.1:6379 "
                              "(start one with `ray start --head`), or choose the local executor")
+
+        # Each axis on its own
         unknown = sorted(set(self.axes) - set(AXES))
         if unknown:
             raise ValueError(f"unknown sweep axis {unknown[0]!r}; axes are {', '.join(AXES)}")
         for name, values in self.axes.items():
             _check_axis(name, values, self.search)
+
+        # Budget and size
         if self.search == "grid":
             if self.budget is not None:
                 raise ValueError(f"grid search tries every combination and takes no budget (got {self.budget}); "

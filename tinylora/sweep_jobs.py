@@ -10,7 +10,7 @@ result: the same config diverges again), and submits the rest as "train" runs in
   into the run store.
 
 Grid and random sweeps know their points up front, so every run is queued at once and the queue shows them.
-TPE search asks Optuna for a few points at a time (about as many as there are free slots), because each
+TPE search requests a few points at a time from Optuna (about as many as there are free slots), because each
 proposal learns from the accuracies of the points before it.
 
 A stop request on the dispatcher stops every active run of the sweep, waits for them to end and ends the
@@ -116,7 +116,7 @@ class Dispatcher:
                 if not run.executor:
                     self.watching[run.id] = (key, seed)
                     continue
-                # A remote run left active by an earlier dispatcher has nobody relaying its events any more.
+                # No process relays the events of a remote run that an earlier dispatcher left active.
                 self.store.finish_run(run.id, "interrupted", "the sweep's earlier dispatcher stopped before the "
                                       "run ended", only_if_active=True)
             run_id = self.executor.submit(point_config(self.spec, state.point, seed))

@@ -19,14 +19,14 @@ RESULT_COLUMNS = ["status", "final_acc", "trainable", "seconds", "run_id"]
 
 
 def _cell(name: str, value: Any) -> Any:
-    """A point's value as a table cell: module sets as "qkv+proj", everything else as is."""
+    """Format a point's value as a table cell: module sets as "qkv+proj", everything else unchanged."""
     if name == "target_modules" and value is not None:
         return "+".join(value)
     return value
 
 
 def runs_table(store: RunStore, record: SweepRecord) -> pd.DataFrame:
-    """One row per (point, seed): the axis values, then status, final_acc, trainable, seconds and run_id."""
+    """Build one row per (point, seed): the axis values, then status, final_acc, trainable, seconds and run_id."""
     spec = record.spec
     chosen = existing_runs(store, spec, record.id)
     planned = planned_points(spec)
@@ -62,7 +62,7 @@ def runs_table(store: RunStore, record: SweepRecord) -> pd.DataFrame:
 
 
 def points_table(runs: pd.DataFrame, spec: SweepSpec) -> pd.DataFrame:
-    """One row per point: acc_mean, acc_std, acc_min, acc_max over its finished seeds, and its counts.
+    """Summarize each point in a row: acc_mean, acc_std, acc_min, acc_max over its finished seeds, and counts.
 
     `best_run_id` is the point's most accurate finished run; `seeds_done` counts finished or diverged seeds.
     """
@@ -105,7 +105,7 @@ def _point_labels(runs: pd.DataFrame, axes: list[str]) -> pd.Series:
 
 
 def best_point(points: pd.DataFrame) -> pd.Series | None:
-    """The point with the highest mean accuracy over its finished seeds; None before any run finished."""
+    """Return the point with the highest mean accuracy over its finished seeds, or None before any finished."""
     scored = points[points["acc_mean"].notna()]
     if scored.empty:
         return None
@@ -113,7 +113,7 @@ def best_point(points: pd.DataFrame) -> pd.Series | None:
 
 
 def axis_order(spec: SweepSpec, runs: pd.DataFrame, name: str) -> list[Any]:
-    """An axis's values in display order: the spec's order for lists, ascending for sampled ranges."""
+    """List an axis's values in display order: the spec's order for lists, ascending for sampled ranges."""
     present = [v for v in runs[name].tolist() if v is not None and not (isinstance(v, float) and pd.isna(v))]
     values = spec.axes.get(name) if name != "seed" else spec.seeds
     if values is not None and not isinstance(values, Range):
@@ -170,7 +170,7 @@ def _matches(column: pd.Series, value: Any) -> pd.Series:
 
 
 def label(name: str, value: Any) -> str:
-    """An axis value as charts and tables label it ("n/a" for full finetuning's LoRA axes)."""
+    """Format an axis value as charts and tables show it ("n/a" for full finetuning's LoRA axes)."""
     if isinstance(value, str) or value is None:
         return "n/a" if value is None else value
     if isinstance(value, float) and pd.isna(value):

@@ -64,7 +64,7 @@ def sweep_heatmap(data, x_title: str, y_title: str, x_labels: list[str], y_label
 def sweep_parallel_coordinates(columns: list[tuple[str, list]], accuracies: list[float]) -> go.Figure:
     """One line per finished run across the sweep's axes, ending at its final validation accuracy.
 
-    `columns` holds (title, values, numeric) per axis: numeric axes are scaled, the others list their values.
+    `columns` lists (title, values, numeric) per axis: numeric axes are scaled, the others list their values.
     """
     dimensions = []
     for title, values, numeric in columns:

@@ -22,7 +22,7 @@ HEATMAP_PREFERENCE = ("r", "lora_alpha", "lr", "target_modules", "use_rslora", "
 
 
 def sweep_title(record: SweepRecord) -> str:
-    """One line naming a sweep in the picker: its name or swept axes, search and start time."""
+    """Name a sweep in one line for the picker: its name or swept axes, search and start time."""
     spec = record.spec
     what = spec.name or (" × ".join(AXIS_LABELS[a] for a in spec.swept_axes) or "base settings")
     started = time.strftime("%b %d %H:%M", time.localtime(record.created))
@@ -39,12 +39,12 @@ def progress_line(progress: SweepProgress) -> str:
 
 
 def _varying_axes(runs: pd.DataFrame, record: SweepRecord) -> list[str]:
-    """The point axes whose values differ among the sweep's rows."""
+    """Return the point axes whose values differ among the sweep's rows."""
     return [a for a in record.spec.point_axes if runs[a].map(lambda v: label(a, v)).nunique() > 1]
 
 
 def fixed_settings(runs: pd.DataFrame, record: SweepRecord, varying: list[str]) -> str:
-    """The axes every point shares, as "method=lora, lr=0.005"."""
+    """Describe the axes every point shares, as "method=lora, lr=0.005"."""
     fixed = {a: runs[a].iloc[0] for a in record.spec.point_axes if a not in varying and len(runs)}
     return describe_point(fixed) if fixed else ""
 

@@ -97,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, StoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+    # Report runs as they end until the sweep is over; Ctrl-C stops it
     total = sweep_progress(store, record).runs_total
     print(f"sweep {record.id}: {total} runs on {_where(record.spec)}; Ctrl-C stops it", file=sys.stderr)
     interrupted = False
@@ -115,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
             interrupted = True
             stop_sweep(store, record.id)
             print("stopping the sweep (Ctrl-C again to leave it stopping in the background)", file=sys.stderr)
+
+    # Results
     runs = runs_table(store, record)
     progress = sweep_progress(store, record, runs)
     points = points_table(runs, record.spec)
@@ -131,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"\nbest: {describe_point(axes)}: mean val_acc {best['acc_mean']:.3f} over "
                   f"{best['seeds_finished']} seed(s), run {best['best_run_id']}")
         print(f"{dispatcher.status}: {dispatcher.message}")
+
     if interrupted:
         return 130
     return 0 if dispatcher.status == "finished" and progress.done == total else 1
