@@ -63,6 +63,19 @@ def test_sweep_fills_in_and_opens_best_on_train(home):
             for value in row:
                 assert f"{value:.3f}" in cell_texts
 
+        # Hovering a cell shows its spread over seeds and how many runs it averages (one seed here: no spread).
+        find = ("() => Array.from(document.querySelectorAll('.js-plotly-plot')).findIndex("
+                "p => p.layout && (p.layout.title.text || '').includes('Mean final validation accuracy'))")
+        box = page.locator(".js-plotly-plot").nth(page.evaluate(find)).locator(".nsewdrag").first.bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.75)  # r=2, lora_alpha=8
+        hover = wait_until(page, lambda: page.evaluate(
+            "Array.from(document.querySelectorAll('.hoverlayer text')).map(t => t.textContent).join(' ')"),
+            timeout=10, message="the heatmap's hover label")
+        assert f"mean accuracy {runs[(2, 8.0)].final_acc:.3f}" in hover
+        assert "std –" in hover
+        assert "runs averaged 1" in hover
+        page.mouse.move(0, 0)
+
         # The parallel-coordinates plot has one line per run across r, lora_alpha, trainable and accuracy.
         parallel = page.evaluate(PLOT_BY_TITLE, "Every finished run")
         assert parallel["data"][0]["type"] == "parcoords"

@@ -122,3 +122,16 @@ def test_stop_button_stops_the_sweep(home, store, monkeypatch):
     at.run()
     assert at.button(key="sweep_stop").disabled
     assert not at.button(key="sweep_resume").disabled
+
+
+def test_train_rslora_checkbox_sets_run_config(home, store):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at.number_input(key="train_epochs").set_value(300).run()
+    at.checkbox(key="train_use_rslora").check().run()
+    at.button(key="train_button").click().run()
+    assert not at.exception
+    [run] = store.list_runs()
+    assert run.config["lora"]["use_rslora"] is True
+    assert any("(rsLoRA)" in c.value for c in at.caption)
+    store.request_stop(run.id)
+    wait_for(lambda: not store.get_run(run.id).active, timeout=60, message="the run to stop")

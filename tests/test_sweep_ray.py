@@ -5,12 +5,14 @@ file of its own, no usage statistics and listeners on 127.0.0.1 only. Teardown e
 """
 
 import os
+import re
 import secrets
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,9 +31,15 @@ GRID = {"base": TINY, "axes": {"r": [2, 8], "lora_alpha": [8, 16]}}
 STARTUP_SECONDS = 120
 
 
+@dataclass(frozen=True)
+class RayHead:
+    address: str
+    process_group: int
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """The address of a Ray head on 127.0.0.1 that lives as long as this module's tests."""
+    """A Ray head on 127.0.0.1 that lives as long as this module's tests."""
     temp = Path(tempfile.mkdtemp(prefix="tlray-", dir="/tmp"))  # short: Ray's socket paths must stay short
     token = temp / "token"
     token.write_text(secrets.token_hex(32))
@@ -52,7 +60,7 @@ def ray_cluster():
             if head.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the Ray head did not start:\n{(temp / 'head.log').read_text()[-3000:]}")
             time.sleep(0.5)
-        yield f"127.0.0.1:{port}"
+        yield RayHead(f"127.0.0.1:{port}", head.pid)
     finally:
         for name, value in saved.items():
             if value is None:
@@ -82,7 +90,7 @@ def in_process_accuracy(config: RunConfig) -> float:
 
 
 def test_ray_grid_matches_local_accuracies(store, ray_cluster):
-    spec = SweepSpec.from_dict({**GRID, "executor": "ray", "ray_address": ray_cluster})
+    spec = SweepSpec.from_dict({**GRID, "executor": "ray", "ray_address": ray_cluster.address})
     record = start_sweep(store, spec)
     dispatcher = wait_for(lambda: dispatcher_ended(store, record.id), timeout=180, message="the Ray sweep to end")
     assert dispatcher.status == "finished", dispatcher.message
@@ -105,7 +113,7 @@ def test_ray_grid_matches_local_accuracies(store, ray_cluster):
 def test_ray_sweep_stops(store, ray_cluster):
     long = {"train": {"epochs": 400, "n_train": 256, "n_val": 128}}
     spec = SweepSpec.from_dict({"base": long, "axes": {"r": [2, 4, 8]}, "executor": "ray",
-                                "ray_address": ray_cluster})
+                                "ray_address": ray_cluster.address})
     record = start_sweep(store, spec)
     wait_for(lambda: any(store.events(r.id, types=("step",))
                          for r in store.list_runs(kind="train", group_id=record.id, statuses=("running",))),
@@ -122,3 +130,19 @@ def test_ray_sweep_stops(store, ray_cluster):
         assert run.final_acc is not None
         assert run.summary["step"] < 400 * 4
         assert (store.run_dir(run.id) / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_cluster_listens_on_loopback_only(ray_cluster):
+    if shutil.which("ss") is None:
+        pytest.skip("ss (iproute2) is not installed")
+    group = {int(pid) for pid in subprocess.run(["pgrep", "-g", str(ray_cluster.process_group)],
+                                                capture_output=True, text=True).stdout.split()}
+    listeners = []
+    for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines():
+        pids = {int(p) for p in re.findall(r"pid=(\d+)", line)}
+        if pids & group:
+            listeners.append(line.split()[3])
+    assert listeners  # the head's GCS and raylet at least
+    for address in listeners:
+        host = address.rsplit(":", 1)[0].strip("[]")
+        assert host in ("127.0.0.1", "::ffff:127.0.0.1", "::1"), address

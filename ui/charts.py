@@ -52,7 +52,7 @@ def sweep_heatmap(data, x_title: str, y_title: str, x_labels: list[str], y_label
         z=data.mean, x=x_labels, y=y_labels, customdata=custom, zmin=min([0.5, *values]), zmax=1.0,
         colorscale="Viridis", colorbar=dict(title=dict(text="accuracy")), texttemplate="%{z:.3f}",
         hovertemplate=(f"{x_title} %{{x}}<br>{y_title} %{{y}}<br>mean accuracy %{{z:.3f}}<br>"
-                       "std %{customdata[0]} over %{customdata[1]} runs<extra></extra>"),
+                       "std %{customdata[0]}<br>runs averaged %{customdata[1]}<extra></extra>"),
         xgap=2, ygap=2))
     fig = _layout(fig, "Mean final validation accuracy", x_title, y_title, height=360)
     fig.update_layout(hovermode="closest")
