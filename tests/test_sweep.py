@@ -90,6 +90,8 @@ def test_resume_rejects_active_sweep(store, monkeypatch):
     record = start_sweep(store, SweepSpec.from_dict(GRID))
     with pytest.raises(ValueError, match="stop it before resuming it"):
         resume_sweep(store, record.id)
+    # Wait for the dispatcher's worker, so the runner holds its lock and the fixture can end it at teardown.
+    wait_for(lambda: dispatchers(store, record.id)[0].status == "running", timeout=60, message="the dispatcher")
     stop_sweep(store, record.id)
     wait_for(lambda: dispatcher_ended(store, record.id), timeout=60, message="the sweep to stop")
 

@@ -133,5 +133,7 @@ def test_train_rslora_checkbox_sets_run_config(home, store):
     [run] = store.list_runs()
     assert run.config["lora"]["use_rslora"] is True
     assert any("(rsLoRA)" in c.value for c in at.caption)
+    # Wait for a worker, so the runner holds its lock and the fixture can end it at teardown.
+    wait_for(lambda: store.get_run(run.id).status == "running", timeout=60, message="the run to start")
     store.request_stop(run.id)
     wait_for(lambda: not store.get_run(run.id).active, timeout=60, message="the run to stop")
