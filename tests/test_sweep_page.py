@@ -6,7 +6,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, wait_for
-from tinylora.sweep import dispatchers, list_sweeps
+from tinylora.sweep import SweepSpec, dispatchers, list_sweeps, point_config, save_sweep
 
 
 def sweep_page() -> AppTest:
@@ -63,18 +63,25 @@ def test_range_needs_random_or_tpe(home):
     assert any("8 points × 1 seed = 8 runs" in c.value for c in at.caption)
 
 
-def test_sweep_fills_in_then_opens_best_on_train(home, store):
-    at = tiny(sweep_page())
-    assert any("4 points × 1 seed = 4 runs" in c.value for c in at.caption)
-    at.button(key="sweep_start").click().run()
-    assert not at.exception
-    [record] = list_sweeps(store)
-    assert at.query_params["sweep"] in (record.id, [record.id])
+def add_finished_run(store, record, point, acc):
+    config = point_config(record.spec, point, 0).to_dict()
+    run_id = store.create_run("train", config, group_id=record.id)
+    trainable = 4 * point["r"] * (256 + 128) + 130
+    total = 202_114 - 130 + trainable  # the frozen base without its head, plus the adapters and the head
+    store.append_events(run_id, [{"type": "start", "trainable": trainable, "total": total, "steps_total": 1}],
+                        summary={"trainable": trainable})
+    store.finish_run(run_id, "finished", final_acc=acc, seconds=1.0)
+    return run_id
 
-    wait_for(lambda: (d := dispatchers(store, record.id)) and not d[0].active, timeout=120, interval=0.2,
-             message="the sweep to finish")
-    assert dispatchers(store, record.id)[0].status == "finished"
-    at.run()
+
+def test_sweep_view_shows_results_and_opens_best_on_train(home, store):
+    """The views over runs written straight into the store (the browser test trains a real sweep)."""
+    spec = SweepSpec.from_dict({"base": {"train": {"epochs": 2}}, "axes": {"r": [2, 8], "lora_alpha": [8, 16]}})
+    record = save_sweep(store, spec)
+    accs = {(2, 8.0): 0.625, (2, 16.0): 0.75, (8, 8.0): 0.875, (8, 16.0): 0.8125}
+    ids = {key: add_finished_run(store, record, {"r": key[0], "lora_alpha": key[1]}, acc)
+           for key, acc in accs.items()}
+    at = sweep_page()
     assert not at.exception
     assert any("4 of 4 runs done" in (p.proto.text or "") for p in at.get("progress"))
     titles = chart_titles(at)
@@ -83,24 +90,21 @@ def test_sweep_fills_in_then_opens_best_on_train(home, store):
     assert "Accuracy and trainable parameters against r" in titles
     heatmap = next(json.loads(c.proto.spec) for c in at.get("plotly_chart")
                    if json.loads(c.proto.spec)["layout"]["title"]["text"] == "Mean final validation accuracy")
-    runs = {(r.config["lora"]["r"], r.config["lora"]["lora_alpha"]): r.final_acc
-            for r in store.list_runs(kind="train", group_id=record.id)}
-    z = heatmap["data"][0]["z"]
     assert heatmap["data"][0]["x"] == ["2", "8"]
     assert heatmap["data"][0]["y"] == ["8", "16"]
-    assert z == [[runs[(2, 8.0)], runs[(8, 8.0)]], [runs[(2, 16.0)], runs[(8, 16.0)]]]
+    assert heatmap["data"][0]["z"] == [[0.625, 0.875], [0.75, 0.8125]]
     points_frame, runs_frame = at.dataframe
-    assert len(points_frame.value) == 4
-    assert len(runs_frame.value) == 4
-    assert sorted(runs_frame.value["final_acc"]) == sorted(runs.values())
-    assert any("Best so far" in s.value for s in at.success)
+    assert points_frame.value["acc_mean"].tolist() == [0.625, 0.75, 0.875, 0.8125]
+    assert sorted(runs_frame.value["final_acc"]) == sorted(accs.values())
+    assert any("Best so far: r=8, lora_alpha=8: mean validation accuracy 0.875" in s.value for s in at.success)
+    assert at.get("download_button")
 
-    best_r, best_alpha = max(runs, key=runs.get)
     at.button(key="sweep-open-best").click().run()
     assert not at.exception
-    assert at.session_state["train_r"] == best_r
-    assert at.session_state["train_lora_alpha"] == best_alpha
     assert at.title[0].value == "Train"
+    assert at.session_state["train_r"] == 8
+    assert at.session_state["train_lora_alpha"] == 8.0
+    assert at.query_params["run"] in (ids[(8, 8.0)], [ids[(8, 8.0)]])
 
 
 def test_stop_button_stops_the_sweep(home, store, monkeypatch):
