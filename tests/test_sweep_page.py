@@ -9,6 +9,14 @@ from conftest import ROOT, wait_for
 from tinylora.sweep import SweepSpec, dispatchers, list_sweeps, point_config, save_sweep
 
 
+@pytest.fixture
+def no_runner(monkeypatch):
+    """Keep pages from starting a runner in tests that train nothing, so no idle runner outlives the test."""
+    from tinylora import jobs
+
+    monkeypatch.setattr(jobs, "ensure_runner", lambda home: None)
+
+
 def sweep_page() -> AppTest:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
     at.run()
@@ -41,7 +49,7 @@ def tiny(at: AppTest) -> AppTest:
     ("sweep_method", [], "axis method has no values"),
     ("sweep_scaling", [], "axis use_rslora has no values"),
 ])
-def test_invalid_axis_shows_error_and_starts_nothing(home, store, key, value, message):
+def test_invalid_axis_shows_error_and_starts_nothing(home, store, no_runner, key, value, message):
     at = sweep_page()
     if isinstance(value, list):
         at.multiselect(key=key).set_value(value).run()
@@ -54,7 +62,7 @@ def test_invalid_axis_shows_error_and_starts_nothing(home, store, key, value, me
     assert list_sweeps(store) == []
 
 
-def test_range_needs_random_or_tpe(home):
+def test_range_needs_random_or_tpe(home, no_runner):
     at = sweep_page()
     at.text_input(key="sweep_r").input("1..64 log").run()
     assert any("grid search needs a list of values" in e.value for e in at.error)
@@ -74,7 +82,7 @@ def add_finished_run(store, record, point, acc):
     return run_id
 
 
-def test_sweep_view_shows_results_and_opens_best_on_train(home, store):
+def test_sweep_view_shows_results_and_opens_best_on_train(home, store, no_runner):
     """The views over runs written straight into the store (the browser test trains a real sweep)."""
     spec = SweepSpec.from_dict({"base": {"train": {"epochs": 2}}, "axes": {"r": [2, 8], "lora_alpha": [8, 16]}})
     record = save_sweep(store, spec)
