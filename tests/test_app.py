@@ -1,0 +1,127 @@
+"""Every page under Streamlit's AppTest, and the Train page's run flow with a real worker."""
+
+import json
+import pytest
+from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1.errors import AppTestError
+
+from conftest import ROOT, wait_for
+
+PAGES = sorted(p.name for p in (ROOT / "pages").glob("*.py"))
+
+
+def app() -> AppTest:
+    return AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+
+
+def page(name: str) -> AppTest:
+    return AppTest.from_file(str(ROOT / "pages" / name), default_timeout=60)
+
+
+def chart_points(at: AppTest) -> dict[str, list[int]]:
+    """Number of points in each trace of each Plotly chart, keyed by the chart's title."""
+    points = {}
+    for chart in at.get("plotly_chart"):
+        spec = json.loads(chart.proto.spec)
+        title = spec["layout"]["title"]["text"]
+        points[title] = [len(trace.get("x") or []) for trace in spec["data"]]
+    return points
+
+
+def test_app_opens_on_train(home):
+    at = app().run()
+    assert not at.exception
+    assert at.title[0].value == "Train"
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_page_runs_without_exception(home, name):
+    at = page(name).run()
+    assert not at.exception, [e.message for e in at.exception]
+
+
+def test_train_runs_to_the_end_and_charts_hold_points(home):
+    at = app().run()
+    at.number_input(key="train_epochs").set_value(2).run()
+    at.button(key="train_button").click().run()
+    assert not at.exception
+    run_id = at.query_params["run"][0] if isinstance(at.query_params["run"], list) else at.query_params["run"]
+
+    def finished():
+        at.run()
+        return any("Finished" in s.value for s in at.success)
+
+    wait_for(finished, timeout=120, interval=0.5, message="the run to finish on the page")
+    points = chart_points(at)
+    assert points["Training loss"] == [32]
+    assert points["Validation accuracy"] == [2]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Trainable parameters"] == "6,274"
+    assert metrics["Share of all parameters"] == "3.01%"
+    assert float(metrics["Final validation accuracy"]) > 0.5
+    assert run_id in at.caption[-1].value or any(run_id in c.value for c in at.caption)
+    assert not at.button(key="train_button").disabled
+
+
+def test_second_click_while_active_starts_nothing(home, store):
+    at = app().run()
+    at.number_input(key="train_epochs").set_value(400).run()
+    at.button(key="train_button").click().run()
+    assert at.button(key="train_button").disabled
+    with pytest.raises(AppTestError, match="disabled"):
+        at.button(key="train_button").click()
+    at.run()
+    # A second session opened on the run's URL (a refresh, or a new tab) cannot start another one either.
+    other = app()
+    other.query_params["run"] = store.list_runs()[0].id
+    other.run()
+    assert other.button(key="train_button").disabled
+    assert len(store.list_runs()) == 1
+    at.button(key="stop_button").click().run()
+    run = wait_for(lambda: (r := store.list_runs()[0]) and not r.active and r, timeout=30, message="the stop")
+    assert run.status == "stopped"
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("train_r", 0, "r must be between 1 and 64"),
+    ("train_lr", "abc", "learning rate 'abc' is not a number"),
+    ("train_lr", "nan", "learning rate must be a positive finite number"),
+    ("train_lr", "-1e-3", "learning rate must be a positive finite number"),
+    ("train_epochs", 0, "epochs must be at least 1, got 0"),
+    ("train_targets", [], "LoRA needs at least one target module"),
+])
+def test_invalid_setting_shows_error_and_starts_nothing(home, store, key, value, message):
+    at = app().run()
+    if key == "train_lr":
+        at.text_input(key=key).input(value).run()
+    elif key == "train_targets":
+        at.multiselect(key=key).set_value(value).run()
+    else:
+        at.number_input(key=key).set_value(value).run()
+    assert any(message in e.value for e in at.error), [e.value for e in at.error]
+    assert at.button(key="train_button").disabled
+    assert store.list_runs() == []
+
+
+def test_refresh_on_run_url_shows_the_run(home, store):
+    from tinylora import jobs
+    from tinylora.config import RunConfig, TrainConfig
+
+    run_id = jobs.submit(store, "train", RunConfig(method="full", train=TrainConfig(epochs=1, seed=5)).to_dict())
+    wait_for(lambda: not store.get_run(run_id).active, timeout=120, message="the run to end")
+    at = app()
+    at.query_params["run"] = run_id
+    at.run()
+    assert not at.exception
+    assert any(run_id in c.value for c in at.caption)
+    assert at.selectbox(key="train_method").value == "full"
+    assert at.number_input(key="train_seed").value == 5
+    assert chart_points(at)["Validation accuracy"] == [1]
+
+
+def test_unknown_run_id_shows_warning(home):
+    at = app()
+    at.query_params["run"] = "no-such-run"
+    at.run()
+    assert not at.exception
+    assert any("was not found" in w.value for w in at.warning)

@@ -1,0 +1,93 @@
+"""The run-settings controls of the Train page, turned into a validated `RunConfig`."""
+
+import math
+
+import streamlit as st
+
+from tinylora.config import METHOD_LABELS, METHODS, QuantOptions, RunConfig, TrainConfig
+from tinylora.lora import TARGETABLE, LoRAConfig
+from tinylora.tasks import TASKS
+
+QUANT_MODULE_LABELS = {
+    "all": "every frozen block linear",
+    "targets": "only the LoRA targets (as the notebook)",
+}
+
+
+def parse_learning_rate(text: str) -> float:
+    """Parse the learning-rate box; raise ValueError naming the text and the expected form."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"learning rate {text!r} is not a number; enter a positive number such as 5e-3") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"learning rate must be a positive finite number such as 5e-3, got {text.strip()!r}")
+    return value
+
+
+def apply_config_to_widgets(config: RunConfig, prefix: str) -> None:
+    """Set the controls' values to `config`; call before the controls are drawn."""
+    st.session_state[f"{prefix}method"] = config.method
+    st.session_state[f"{prefix}task"] = config.task
+    st.session_state[f"{prefix}r"] = config.lora.r
+    st.session_state[f"{prefix}lora_alpha"] = float(config.lora.lora_alpha)
+    st.session_state[f"{prefix}targets"] = list(config.lora.target_modules)
+    st.session_state[f"{prefix}lr"] = f"{config.train.lr:g}"
+    st.session_state[f"{prefix}epochs"] = config.train.epochs
+    st.session_state[f"{prefix}batch_size"] = config.train.batch_size
+    st.session_state[f"{prefix}seed"] = config.train.seed
+    st.session_state[f"{prefix}quant_modules"] = config.quant.modules
+
+
+def run_config_controls(prefix: str = "train_", disabled: bool = False) -> tuple[RunConfig | None, str | None]:
+    """Draw the controls and return (config, None) when the settings are valid, else (None, error message)."""
+    d, dl, dt = RunConfig(), LoRAConfig(), TrainConfig()
+    keep = "session"  # controls keep their values across page switches
+    method = st.selectbox("Method", list(METHODS), format_func=METHOD_LABELS.get, index=list(METHODS).index(d.method),
+                          key=f"{prefix}method", disabled=disabled, persist_state=keep,
+                          help="Full finetune trains every weight; LoRA freezes the base and trains low-rank "
+                               "adapters; QLoRA also stores the frozen base quantized.")
+    task = st.selectbox("Task", list(TASKS), index=list(TASKS).index(d.task), key=f"{prefix}task",
+                        disabled=disabled, persist_state=keep, help="The rule that labels each 24-token sequence.")
+    st.caption(TASKS[task].rule)
+
+    uses_lora = method != "full"
+    col_r, col_alpha = st.columns(2)
+    r = col_r.number_input("r (rank)", min_value=0, max_value=256, value=dl.r, step=1, key=f"{prefix}r",
+                           disabled=disabled or not uses_lora, persist_state=keep,
+                           help="Rank of the update B @ A, from 1 to 64.")
+    lora_alpha = col_alpha.number_input("lora_alpha", min_value=0.0, max_value=1024.0, value=float(dl.lora_alpha),
+                                        step=1.0, key=f"{prefix}lora_alpha", disabled=disabled or not uses_lora,
+                                        persist_state=keep, help="The update is scaled by lora_alpha / r.")
+    targets = st.multiselect("Target modules", list(TARGETABLE), default=list(dl.target_modules),
+                             key=f"{prefix}targets", disabled=disabled or not uses_lora, persist_state=keep,
+                             help="The linear layers in every block that get an adapter: qkv (64 -> 192), "
+                                  "proj (64 -> 64), fc1 (64 -> 256), fc2 (256 -> 64).")
+    quant_modules = d.quant.modules
+    if METHODS[method] is not None:
+        quant_modules = st.selectbox("Quantize", list(QUANT_MODULE_LABELS), format_func=QUANT_MODULE_LABELS.get,
+                                     key=f"{prefix}quant_modules", disabled=disabled, persist_state=keep,
+                                     help="Which frozen linears the QLoRA base stores quantized.")
+
+    lr_text = st.text_input("Learning rate", value=f"{dt.lr:g}", key=f"{prefix}lr", disabled=disabled,
+                            persist_state=keep, help="AdamW learning rate, e.g. 5e-3.")
+    col_epochs, col_batch, col_seed = st.columns(3)
+    epochs = col_epochs.number_input("Epochs", min_value=0, max_value=500, value=dt.epochs, step=1,
+                                     key=f"{prefix}epochs", disabled=disabled, persist_state=keep)
+    batch_size = col_batch.number_input("Batch size", min_value=1, max_value=1024, value=dt.batch_size, step=1,
+                                        key=f"{prefix}batch_size", disabled=disabled, persist_state=keep)
+    seed = col_seed.number_input("Seed", min_value=0, max_value=2**31 - 1, value=dt.seed, step=1,
+                                 key=f"{prefix}seed", disabled=disabled, persist_state=keep,
+                                 help="Fixes model and adapter initialisation and the batch order.")
+    try:
+        config = RunConfig(
+            method=method,
+            task=task,
+            lora=LoRAConfig(r=int(r), lora_alpha=float(lora_alpha), target_modules=tuple(targets)),
+            train=TrainConfig(lr=parse_learning_rate(lr_text), epochs=int(epochs), batch_size=int(batch_size),
+                              seed=int(seed)),
+            quant=QuantOptions(modules=quant_modules),
+        )
+        return config.validate(), None
+    except ValueError as error:
+        return None, str(error)

@@ -1,0 +1,105 @@
+"""The live view of one run: status, progress, parameter summary and streaming charts."""
+
+import streamlit as st
+
+from tinylora.config import METHOD_LABELS
+from tinylora.jobs import max_runs
+from tinylora.progress import RunProgress, read_progress
+from tinylora.store import RunStore
+
+from .charts import accuracy_chart, loss_chart
+
+REFRESH_SECONDS = 0.25  # chart updates while a run is active: 4 a second
+
+
+def describe_config(config: dict) -> str:
+    """One line naming a training run's settings."""
+    lora, train = config.get("lora", {}), config.get("train", {})
+    parts = [METHOD_LABELS.get(config.get("method"), config.get("method", "?")), f"task {config.get('task')}"]
+    if config.get("method") != "full":
+        parts.append(f"r={lora.get('r')}, lora_alpha={lora.get('lora_alpha'):g} on {'+'.join(lora.get('target_modules', []))}")
+    parts.append(f"lr {train.get('lr'):g}, {train.get('epochs')} epochs, batch {train.get('batch_size')}, "
+                 f"seed {train.get('seed')}")
+    return " · ".join(parts)
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "…"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
+
+
+def _status_message(store: RunStore, p: RunProgress) -> None:
+    run = p.run
+    if run.status == "queued":
+        position = store.queue_position(run.id)
+        st.info(f"Queued at position {position}: {store.count_running()} of {max_runs()} training slots are busy. "
+                f"It starts as soon as a slot frees up.", icon=":material/hourglass_top:")
+    elif run.status == "running":
+        text = f"Step {p.step} of {p.steps_total or '…'} · {format_seconds(p.elapsed)} elapsed"
+        if p.remaining is not None:
+            text += f" · about {format_seconds(p.remaining)} left"
+        if run.stop_requested:
+            text += " · stopping…"
+        st.progress(p.fraction, text=text)
+    elif run.status == "finished":
+        st.success(f"Finished: validation accuracy {run.final_acc:.3f} after {p.step} steps in "
+                   f"{format_seconds(run.seconds)}.", icon=":material/check_circle:")
+    elif run.status == "stopped":
+        acc = f"; validation accuracy {run.final_acc:.3f} with the weights learned so far" if run.final_acc else ""
+        st.warning(f"Stopped at step {p.step} of {p.steps_total or '…'}{acc}.", icon=":material/stop_circle:")
+    elif run.status == "interrupted":
+        st.warning(f"Interrupted: {run.message}", icon=":material/warning:")
+    else:
+        st.error(f"{run.status.capitalize()}: {run.message}", icon=":material/error:")
+
+
+def _summary_metrics(p: RunProgress) -> None:
+    cols = st.columns(4)
+    if p.trainable is not None:
+        cols[0].metric("Trainable parameters", f"{p.trainable:,}",
+                       help=f"{p.trainable:,} trainable of {p.total:,} parameters in all")
+        cols[1].metric("Share of all parameters", f"{100 * p.trainable / p.total:.2f}%",
+                       help=f"of {p.total:,} parameters")
+    else:
+        cols[0].metric("Trainable parameters", "…")
+        cols[1].metric("Share of all parameters", "…")
+    rate = p.steps_per_second
+    cols[2].metric("Steps per second", f"{rate:.1f}" if rate else "…")
+    label = "Final validation accuracy" if not p.run.active and p.eval_accs else "Validation accuracy"
+    cols[3].metric(label, f"{p.eval_accs[-1]:.3f}" if p.eval_accs else "…",
+                   help="after the latest evaluation (one per epoch)")
+
+
+def _charts(p: RunProgress, key: str) -> None:
+    left, right = st.columns(2)
+    left.plotly_chart(loss_chart({"train": (p.steps, p.losses)}), key=f"{key}-loss",
+                      config={"displayModeBar": False})
+    right.plotly_chart(accuracy_chart({"validation": (p.eval_epochs, p.eval_accs)}), key=f"{key}-acc",
+                       config={"displayModeBar": False})
+
+
+def live_run_view(store: RunStore, run_id: str, key: str = "run") -> RunProgress | None:
+    """Draw a run and keep it updating while it is queued or running; return its progress at draw time."""
+    cache_key = f"_progress_{key}"
+    first = read_progress(store, run_id, st.session_state.get(cache_key))
+    if first is None:
+        st.warning(f"Run {run_id} was not found in {store.path}. It may have been deleted; start a new run.")
+        return None
+    st.session_state[cache_key] = first
+
+    @st.fragment(run_every=REFRESH_SECONDS if first.run.active else None)
+    def view() -> None:
+        progress = read_progress(store, run_id, st.session_state.get(cache_key))
+        st.session_state[cache_key] = progress
+        st.caption(f"Run `{run_id}` · {describe_config(progress.run.config)}")
+        _status_message(store, progress)
+        _summary_metrics(progress)
+        _charts(progress, key)
+        if first.run.active and not progress.run.active:
+            st.rerun()  # the run ended: redraw the page so the buttons and polling follow
+
+    view()
+    return first
