@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from tinylora.adapter_files import load_adapter
 from tinylora.adapters import AdapterModel, load_adapters, save_adapters
 from tinylora.config import TrainConfig
 from tinylora.experiments import cross_evaluate, mix_adapters, predict_each_adapter
@@ -225,7 +226,9 @@ def test_set_unknown_adapter_raises():
 @pytest.mark.parametrize("quant", QUANT_SCHEMES)
 def test_save_load_round_trip(quant, x, tmp_path):
     model = two_adapter_model(quant)
-    model.add_weighted_adapter(["a", "b"], [0.5, 0.25], "mix")
+    model.add_adapter("c", LoRAConfig(), task="sum_high")
+    perturb(model, "c", 3)
+    model.add_weighted_adapter(["a", "c"], [0.5, 0.25], "mix")
     save_adapters(model, tmp_path)
     state = torch.random.get_rng_state()
     loaded = load_adapters(tmp_path)
@@ -239,17 +242,39 @@ def test_save_load_round_trip(quant, x, tmp_path):
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 
-def test_save_lists_adapters_in_manifest(tmp_path):
-    save_adapters(two_adapter_model(), tmp_path, adapters=["b"])
+def test_save_writes_peft_layout(x, tmp_path):
+    model = two_adapter_model()
+    save_adapters(model, tmp_path, adapters=["b"])
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert list(manifest["adapters"]) == ["b"]
     assert manifest["adapters"]["b"]["task"] == "first_lt_last"
-    assert (tmp_path / "adapter-b.safetensors").is_file()
-    assert not (tmp_path / "adapter-a.safetensors").exists()
+    assert sorted(os.listdir(tmp_path / "b")) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert not (tmp_path / "a").exists()
+
+    plain = load_adapter(tmp_path / "b", plain_base(None))
+    model.set_adapter("b")
+    assert torch.equal(plain(x), model(x))
+
+
+def test_save_mixed_ranks_raises(tmp_path):
+    model = two_adapter_model()
+    model.add_weighted_adapter(["a", "b"], [0.5, 0.5], "mix")
+    with pytest.raises(ValueError, match="save the adapters it combines"):
+        save_adapters(model, tmp_path)
+    assert not (tmp_path / "manifest.json").exists()
+
+
+def test_load_peft_adapter_checks_shapes():
+    model = two_adapter_model()
+    adapter = model.to_peft_adapter("a")
+    adapter.tensors["base_model.model.head.weight"] = torch.zeros(3, 64)
+    with pytest.raises(ValueError, match="do not fit"):
+        model.load_peft_adapter(adapter, "copy")
+    assert model.adapter_names == ["a", "b"]
 
 
 def test_load_missing_directory_raises(tmp_path):
-    with pytest.raises(ValueError, match="manifest.json"):
+    with pytest.raises(ValueError, match="manifest.json is missing"):
         load_adapters(tmp_path)
 
 
@@ -294,7 +319,7 @@ def test_predict_each_adapter_matches_model():
         model.set_adapter(row["adapter"])
         probs = torch.softmax(model(torch.tensor([tokens])), dim=-1)[0]
         assert row["prediction"] == int(probs.argmax())
-        assert row["probability"] == pytest.approx(float(probs.max()))
+        assert row["probability"] == pytest.approx(float(probs.max().detach()))
         assert row["swap_seconds"] >= 0
     assert rows[1]["label"] == int(tokens[0] < tokens[-1])
     assert rows[2]["label"] is None

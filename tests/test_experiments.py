@@ -3,14 +3,18 @@
 import json
 import math
 from collections import defaultdict
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from tinylora.adapters import load_adapters
 from tinylora.config import RunConfig, TrainConfig
-from tinylora.experiments import build_adapter_model, cross_evaluate, make_task_data, run_adapters, train_phase
-from tinylora.forgetting import STRATEGIES, ForgettingSpec, default_params, run_forgetting, run_learns_less
+from tinylora.experiments import (ADAPTERS_DIR, AdaptersSpec, adapters_job, build_adapter_model, cross_evaluate,
+                                  make_task_data, run_adapters, train_phase, validate_adapters_params)
+from tinylora.forgetting import (STRATEGIES, ForgettingSpec, LearnsLessSpec, default_params, forgetting_job,
+                                 learns_less_job, run_forgetting, run_learns_less, validate_forgetting_params,
+                                 validate_learns_less_params)
 from tinylora.lora import LoRAConfig
 from tinylora.training import evaluate, prepare_run
 
@@ -97,7 +101,7 @@ def test_adapters_stop_ends_stopped():
     ({"tasks": ["nope"]}, "unknown task"),
     ({"quant": "int3"}, "quantization scheme"),
     ({"lora": {"r": 0}}, "r must be between"),
-    ({"colour": 1}, "unknown adapters setting"),
+    ({"colour": 1}, "unknown AdaptersSpec setting"),
 ])
 def test_adapters_rejects_bad_params(params, match):
     with pytest.raises(ValueError, match=match):
@@ -251,3 +255,33 @@ def test_learns_less_runs_share_start():
 def test_learns_less_rejects_bad_params(params, match):
     with pytest.raises(ValueError, match=match):
         next(run_learns_less(params))
+
+
+# Job-runner entry points
+
+def test_adapters_job_saves_in_run_dir(tmp_path):
+    ctx = SimpleNamespace(run_dir=tmp_path, should_stop=lambda: False)
+    events = collect(adapters_job({"tasks": ["sum_high"], "train": {**TINY_TRAIN, "epochs": 1}}, ctx))
+    assert events[-1]["summary"]["out_dir"] == str(tmp_path / ADAPTERS_DIR)
+    assert load_adapters(tmp_path / ADAPTERS_DIR).adapter_names == ["sum_high"]
+
+
+@pytest.mark.parametrize("job", [forgetting_job, learns_less_job])
+def test_forgetting_jobs_honour_stop(job):
+    ctx = SimpleNamespace(run_dir=None, should_stop=lambda: True)
+    params = {"train": TINY_TRAIN, "eval_every": 0}
+    events = collect(job(params, ctx))
+    assert events[-1]["type"] == "end"
+    assert events[-1]["status"] == "stopped"
+
+
+@pytest.mark.parametrize("validate, spec, params", [
+    (validate_adapters_params, AdaptersSpec, {"tasks": ["sum_high", "middle_high"], "lora": {"r": 2}}),
+    (validate_forgetting_params, ForgettingSpec, default_params("joint")),
+    (validate_learns_less_params, LearnsLessSpec, {"ranks": [2, 8], "train": {"lr": 1e-3}}),
+])
+def test_validated_params_round_trip(validate, spec, params):
+    normalised = validate(params)
+    assert json.loads(json.dumps(normalised)) == normalised
+    assert validate(normalised) == normalised
+    assert spec.from_params(normalised) == spec.from_params(params)

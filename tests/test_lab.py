@@ -13,7 +13,7 @@ CHANCE = (0.4, 0.6)
 
 @pytest.fixture(scope="module")
 def lab():
-    # Two worker processes with one torch thread each: the six trainings take about 25 s of CPU per core.
+    # The lab's default: two worker processes with one torch thread each.
     return run_lab(workers=2, threads_per_worker=1)
 
 

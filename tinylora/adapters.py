@@ -1,8 +1,8 @@
 """Many named LoRA adapters over one shared frozen base, each adapter with its own classifier head.
 
 `AdapterModel` follows the multi-adapter model of Hugging Face PEFT (huggingface/peft, `PeftModel` and
-`tuners/lora/model.py`): the LoRA layers of `tinylora.lora` keep every adapter in `ModuleDict`s keyed by name,
-and the classifier head is wrapped like PEFT's `ModulesToSaveWrapper`, which keeps the base head as
+`tuners/lora/model.py`). The LoRA layers of `tinylora.lora` keep every adapter in `ModuleDict`s keyed by name.
+The classifier head is wrapped like PEFT's `ModulesToSaveWrapper`, which keeps the base head as
 `original_module` and a trainable copy per adapter in `modules_to_save`. Activating an adapter therefore
 switches its LoRA weights and its head together, and activating none gives back the plain base exactly.
 
@@ -11,8 +11,9 @@ head require grad, so training one adapter never touches another. `add_weighted_
 as a weighted sum of existing ones by concatenating their ranks (PEFT's `combination_type="cat"`), which makes
 the combined update exactly the weighted sum of the updates.
 
-`save_adapters` and `load_adapters` store a model as a directory of safetensors files: `base.safetensors`, one
-`adapter-<name>.safetensors` per adapter and `manifest.json`, each written to a temporary file and renamed.
+`save_adapters` and `load_adapters` store a model as a directory: the frozen base in `base.safetensors`, each
+adapter in a subdirectory named after it in PEFT's file layout (`tinylora.adapter_files`) and `manifest.json`
+listing the adapters, their tasks, the ModelConfig and the quantization, all written atomically.
 """
 
 import contextlib
@@ -26,17 +27,19 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import safetensors.torch
 import torch
 import torch.nn as nn
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from .lora import TARGETABLE, LoRAConfig, LoRALinear, inject_lora, lora_layers
+from .adapter_files import HEAD, KEY_PREFIX, Adapter, read_adapter, write_adapter
+from .atomic import write_file_atomic
+from .lora import TARGETABLE, LoRAConfig, inject_lora, lora_layers
 from .model import ModelConfig, TinyClassifier
 from .quant import QuantConfig, quantize_model
 from .tasks import get_task
 
-ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # module keys cannot contain "."; names also become file names
+# Module keys cannot contain ".", and saved adapters become directories named after them.
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MANIFEST = "manifest.json"
 BASE_FILE = "base.safetensors"
 
@@ -75,7 +78,10 @@ class ModulesToSaveWrapper(nn.Module):
 
 
 class AdapterModel(nn.Module):
-    """A frozen `TinyClassifier` (float or quantized) carrying named LoRA adapters, at most one active."""
+    """A frozen `TinyClassifier` (float or quantized) carrying named LoRA adapters, at most one active.
+
+    The model takes `base_model` over: it freezes it, quantizes it with `quant` when given and wraps its head.
+    """
 
     def __init__(self, base_model: TinyClassifier, quant: QuantConfig | None = None):
         super().__init__()
@@ -170,7 +176,7 @@ class AdapterModel(nn.Module):
             self.set_adapter(None)
 
     def adapter_parameters(self, adapter_name: str) -> list[nn.Parameter]:
-        """The parameters that belong to `adapter_name`: every LoRA A and B, then its head."""
+        """Return the parameters of `adapter_name`: every LoRA A and B, then its head."""
         self._check_adapter(adapter_name)
         params = []
         for _, layer in lora_layers(self.base_model):
@@ -242,10 +248,11 @@ class AdapterModel(nn.Module):
                     raise ValueError(f"the combined rank {r} exceeds {min(layer.in_features, layer.out_features)} "
                                      f"in {layer_name}; combine fewer adapters or adapters of lower r")
                 plans.append((layer, present, r))
-        with torch.no_grad(), torch.random.fork_rng():
+        # fork_rng keeps the random draw of add_adapter, whose A is overwritten, off the caller's generator.
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
             for layer, present, r in plans:
                 scaling = layer.scaling[present[0][0]]
-                # (r_total, in) and (out, r_total); fork_rng keeps add_adapter's unused random draw private.
+                # A is (sum of r, in) and B is (out, sum of r).
                 lora_A = torch.cat([layer.lora_A[name].weight for name, _ in present], dim=0)
                 lora_B = torch.cat([layer.lora_B[name].weight * (w * layer.scaling[name] / scaling)
                                     for name, w in present], dim=1)
@@ -261,6 +268,7 @@ class AdapterModel(nn.Module):
                     p.add_(self.head.modules_to_save[adapter].get_parameter(name), alpha=w)
         self.head.add_adapter(adapter_name, head)
 
+        # The recorded config: the union of the targets and the sum of the ranks (a layer may hold fewer).
         targets = tuple(m for m in TARGETABLE if any(m in self.peft_config[name].target_modules for name, _ in kept))
         r_total = sum(self.peft_config[name].r for name, _ in kept)
         scaling = self.peft_config[kept[0][0]].scaling
@@ -271,27 +279,78 @@ class AdapterModel(nn.Module):
     # Persistence
 
     def get_adapter_state_dict(self, adapter_name: str) -> dict[str, torch.Tensor]:
-        """Copies of the adapter's tensors, keyed without the adapter name (`blocks.0.qkv.lora_A.weight`, `head.weight`)."""
+        """Copy the adapter's tensors, keyed without its name (`blocks.0.qkv.lora_A.weight`, `head.weight`)."""
         self._check_adapter(adapter_name)
-        state = {}
+        return {key: p.detach().clone() for key, p in self._named_adapter_tensors(adapter_name).items()}
+
+    def to_peft_adapter(self, adapter_name: str) -> Adapter:
+        """Return adapter `adapter_name` and its head under PEFT's key names, ready for `write_adapter`.
+
+        PEFT's layout has one r and one lora_alpha per adapter, so an adapter whose layers differ in r or
+        scaling (a combination of adapters with different targets or ranks) raises ValueError.
+        """
+        self._check_adapter(adapter_name)
+        config = self.peft_config[adapter_name]
+        for layer_name, layer in lora_layers(self.base_model):
+            if adapter_name not in layer.lora_A:
+                continue
+            if layer.r[adapter_name] != config.r or not math.isclose(layer.scaling[adapter_name], config.scaling,
+                                                                     rel_tol=1e-9):
+                raise ValueError(f"adapter {adapter_name!r} has r={layer.r[adapter_name]} and scaling "
+                                 f"{layer.scaling[adapter_name]:g} in {layer_name} but r={config.r} and scaling "
+                                 f"{config.scaling:g} overall, which PEFT's file layout cannot express; save the "
+                                 "adapters it combines instead")
+        tensors = {KEY_PREFIX + key: t for key, t in self.get_adapter_state_dict(adapter_name).items()}
+        return Adapter(config, tensors, (HEAD,))
+
+    def load_peft_adapter(self, adapter: Adapter, adapter_name: str, task: str | None = None) -> None:
+        """Add `adapter` (read with `tinylora.adapter_files.read_adapter`) as `adapter_name` and activate it.
+
+        Every key and shape is checked before the model changes. An adapter without a saved head gets a copy
+        of the base head. The global random generator is left as it was.
+        """
+        self._check_new_name(adapter_name)
+        self._check_config(adapter.config)
+        expected = {}
+        for block_name, block in self.base_model.blocks.named_children():
+            for target in adapter.config.target_modules:
+                module = getattr(block, target)
+                prefix = f"{KEY_PREFIX}blocks.{block_name}.{target}"
+                expected[f"{prefix}.lora_A.weight"] = (adapter.config.r, module.in_features)
+                expected[f"{prefix}.lora_B.weight"] = (module.out_features, adapter.config.r)
+        for name in adapter.modules_to_save:
+            if name != HEAD:
+                raise ValueError(f"modules_to_save may only list {HEAD!r} for a TinyClassifier, got {name!r}")
+            for key, p in self.head.original_module.named_parameters():
+                expected[f"{KEY_PREFIX}{HEAD}.{key}"] = tuple(p.shape)
+        got = {key: tuple(t.shape) for key, t in adapter.tensors.items()}
+        if got != expected:
+            wrong = sorted(key for key in set(got) | set(expected) if got.get(key) != expected.get(key))
+            raise ValueError(f"the adapter's tensors do not fit this model, starting with {wrong[:3]}; load it "
+                             "into a model built with the same ModelConfig")
+
+        with torch.random.fork_rng(devices=[]):
+            self.add_adapter(adapter_name, adapter.config, task)
+        with torch.no_grad():
+            for key, p in self._named_adapter_tensors(adapter_name).items():
+                if KEY_PREFIX + key in adapter.tensors:
+                    p.copy_(adapter.tensors[KEY_PREFIX + key])
+
+    def _named_adapter_tensors(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        """Return the adapter's live parameters, keyed as in `get_adapter_state_dict`."""
+        tensors = {}
         for layer_name, layer in lora_layers(self.base_model):
             if adapter_name in layer.lora_A:
-                state[f"{layer_name}.lora_A.weight"] = layer.lora_A[adapter_name].weight.detach().clone()
-                state[f"{layer_name}.lora_B.weight"] = layer.lora_B[adapter_name].weight.detach().clone()
+                tensors[f"{layer_name}.lora_A.weight"] = layer.lora_A[adapter_name].weight
+                tensors[f"{layer_name}.lora_B.weight"] = layer.lora_B[adapter_name].weight
         for name, p in self.head.modules_to_save[adapter_name].named_parameters():
-            state[f"head.{name}"] = p.detach().clone()
-        return state
-
-    def adapter_scalings(self, adapter_name: str) -> dict[str, float]:
-        """The scaling of the adapter in each LoRA layer that has it, keyed by layer name."""
-        self._check_adapter(adapter_name)
-        return {name: layer.scaling[adapter_name] for name, layer in lora_layers(self.base_model)
-                if adapter_name in layer.lora_A}
+            tensors[f"{HEAD}.{name}"] = p
+        return tensors
 
     def base_state_dict(self) -> dict[str, torch.Tensor]:
-        """The frozen base's tensors (quantized codes when the base is quantized), keyed as in the unwrapped base.
+        """Return the frozen base's tensors (quantized codes for a quantized base) under unwrapped names.
 
-        The keys are those of a `TinyClassifier` (quantized like this one), whatever adapters are attached:
+        The keys are those of a `TinyClassifier` quantized like this one, whatever adapters are attached:
         `blocks.0.qkv.weight`, not `blocks.0.qkv.base_layer.weight`.
         """
         state = self.base_model.state_dict()
@@ -349,43 +408,30 @@ class AdapterModel(nn.Module):
             raise ValueError(f"lora_dropout must be in [0, 1), got {config.lora_dropout!r}")
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: t.contiguous() for k, t in tensors.items()}, tmp, metadata=metadata)
-    os.replace(tmp, path)
+def save_adapters(model: AdapterModel, directory: str | os.PathLike, adapters: Sequence[str] | None = None) -> Path:
+    """Write the base, the named adapters (all when None) and a manifest to `directory`; return the directory.
 
-
-def save_adapters(model: AdapterModel, directory: str | os.PathLike, adapters: Sequence[str] | None = None) -> None:
-    """Write the base, the named adapters (all when None) and a manifest to `directory`.
-
-    Every file is written to a temporary name and renamed, the manifest last, so a reader never sees a half
-    written file and a manifest only lists adapters whose files are complete.
+    Each adapter becomes a subdirectory named after it in Hugging Face PEFT's layout (`tinylora.adapter_files`).
+    Every file and adapter directory is written atomically and the manifest last, so the manifest only lists
+    adapters whose files are complete.
     """
     if model.merged_adapter is not None:
         raise ValueError(f"adapter {model.merged_adapter!r} is merged into the base; call unmerge_adapter() "
                          "before saving")
     names = model.adapter_names if adapters is None else list(adapters)
-    for name in names:
-        model._check_adapter(name)
+    peft_adapters = {name: model.to_peft_adapter(name) for name in names}
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
 
-    _atomic_save(model.base_state_dict(), directory / BASE_FILE)
-    entries = {}
-    for name in names:
-        file_name = f"adapter-{name}.safetensors"
-        _atomic_save(model.get_adapter_state_dict(name), directory / file_name,
-                     metadata={"scaling": json.dumps(model.adapter_scalings(name))})
-        entries[name] = {"file": file_name, "task": model.adapter_tasks[name],
-                         "lora": dataclasses.asdict(model.peft_config[name])}
+    write_file_atomic(directory / BASE_FILE, safetensors.torch.save(model.base_state_dict(), {"format": "pt"}))
+    for name, adapter in peft_adapters.items():
+        write_adapter(adapter, directory / name, overwrite=True)
     manifest = {
         "model": dataclasses.asdict(model.config),
         "quant": None if model.quant is None else dataclasses.asdict(model.quant),
-        "adapters": entries,
+        "adapters": {name: {"path": name, "task": model.adapter_tasks[name]} for name in names},
     }
-    tmp = directory / f".{MANIFEST}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, directory / MANIFEST)
+    write_file_atomic(directory / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    return directory
 
 
 def load_adapters(directory: str | os.PathLike) -> AdapterModel:
@@ -395,51 +441,16 @@ def load_adapters(directory: str | os.PathLike) -> AdapterModel:
     """
     directory = Path(directory)
     if not (directory / MANIFEST).is_file():
-        raise ValueError(f"no {MANIFEST} in {directory}; save adapters there with save_adapters() first")
+        raise ValueError(f"{MANIFEST} is missing in {directory}; save adapters there with save_adapters() first")
     manifest = json.loads((directory / MANIFEST).read_text())
     quant = manifest["quant"]
-    quant = None if quant is None else QuantConfig(scheme=quant["scheme"], modules=tuple(quant["modules"]))
+    if quant is not None:
+        quant = QuantConfig(**{**quant, "modules": tuple(quant["modules"])})
 
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):
         model = AdapterModel(TinyClassifier(ModelConfig(**manifest["model"])), quant)
-        model.load_base_state_dict(_read(directory / BASE_FILE)[0])
-        for name, entry in manifest["adapters"].items():
-            lora = entry["lora"]
-            config = LoRAConfig(**{**lora, "target_modules": tuple(lora["target_modules"])})
-            _load_adapter(model, name, config, entry["task"], directory / entry["file"])
-    first = next(iter(manifest["adapters"]), None)
-    model.set_adapter(first)
+    model.load_base_state_dict(safetensors.torch.load((directory / BASE_FILE).read_bytes()))
+    for name, entry in manifest["adapters"].items():
+        model.load_peft_adapter(read_adapter(directory / entry["path"]), name, entry["task"])
+    model.set_adapter(next(iter(manifest["adapters"]), None))
     return model
-
-
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    with safe_open(path, framework="pt") as f:
-        return {key: f.get_tensor(key) for key in f.keys()}, f.metadata() or {}
-
-
-def _load_adapter(model: AdapterModel, name: str, config: LoRAConfig, task: str | None, path: Path) -> None:
-    state, metadata = _read(path)
-    scalings = json.loads(metadata["scaling"])
-    layers = dict(lora_layers(model.base_model))
-    model._check_new_name(name)
-    with torch.no_grad():
-        for layer_name, scaling in scalings.items():
-            lora_A = state[f"{layer_name}.lora_A.weight"]
-            r = lora_A.shape[0]
-            layer = layers.get(layer_name)
-            if layer is None:
-                parent_name, _, child = layer_name.rpartition(".")
-                parent = model.base_model.get_submodule(parent_name)
-                layer = LoRALinear(getattr(parent, child), r, scaling * r, config.lora_dropout, adapter_name=name)
-                setattr(parent, child, layer)
-                layers[layer_name] = layer
-            else:
-                layer.add_adapter(name, r, scaling * r, config.lora_dropout)
-            layer.lora_A[name].weight.copy_(lora_A)
-            layer.lora_B[name].weight.copy_(state[f"{layer_name}.lora_B.weight"])
-            layer.scaling[name] = scaling
-        head = copy.deepcopy(model.head.original_module)
-        head.load_state_dict({key.removeprefix("head."): t for key, t in state.items() if key.startswith("head.")})
-    model.head.add_adapter(name, head)
-    model.peft_config[name] = config
-    model.adapter_tasks[name] = task

@@ -1,7 +1,7 @@
 """One adapter per task over a shared frozen base: training, the adapter x task matrix, swapping and mixing.
 
 The reference notebook's experiment trains adapter A on `odd_majority` and adapter B on `first_lt_last` over
-one frozen base from seed 0 and evaluates each adapter on each task: an adapter solves its own task and is at
+one frozen base from seed 0 and evaluates each adapter on each task. Each adapter solves its own task and is at
 chance (about 0.5) on the other. `run_adapters` generalises it to any list of tasks and reports as plain event
 dicts, so a worker process can run it and a page can chart it live:
 
@@ -11,7 +11,8 @@ dicts, so a worker process can run it and a page can chart it live:
 - `step` and `eval`: the events of `tinylora.training.train`, with `adapter` and `task` added;
 - `matrix`: the `cross_evaluate` result once every adapter is trained;
 - `end`: `status` ("finished", "stopped" or "diverged"), `message`, `seconds` and `summary`: the matrix, per
-  adapter `task`, `final_acc`, `seconds` and `status`, and `out_dir` when adapters were saved there.
+  adapter `task`, `final_acc`, `seconds` and `status`, and `out_dir`, where the base and the adapters are
+  saved (`load_adapters` reads them) unless the run diverged.
 
 Task i of the list (from 0) draws its training data from `train.train_data_seed + 2 * i` and its validation
 data from `train.val_data_seed + 2 * i`, so with the defaults the first task uses seeds 1 and 2 and the second
@@ -19,37 +20,44 @@ data from `train.val_data_seed + 2 * i`, so with the defaults the first task use
 """
 
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from .adapters import AdapterModel, save_adapters
-from .config import METHODS, RunConfig, TrainConfig, target_shapes
+from .config import RunConfig, TrainConfig, target_shapes
 from .lora import LoRAConfig
 from .model import ModelConfig, TinyClassifier, count_parameters
-from .quant import QuantConfig
+from .quant import QuantConfig, get_scheme
 from .tasks import get_task, make_data
 from .training import Data, evaluate, train
 
-# Evaluates the model on every task: {task: (accuracy, mean cross-entropy)}.
+ADAPTERS_DIR = "adapters"  # under a job's run directory: the saved base and adapters (`load_adapters` reads it)
+
+# A function that evaluates the model on every task: {task: (accuracy, mean cross-entropy)}.
 TaskEvaluator = Callable[[], dict[str, tuple[float, float]]]
 
 
 # Data for several tasks
 
 def task_seeds(index: int, config: TrainConfig) -> tuple[int, int]:
-    """(training, validation) data seeds of the task at `index` in a list of tasks."""
+    """Return the (training, validation) data seeds of the task at `index` in a list of tasks."""
     return config.train_data_seed + 2 * index, config.val_data_seed + 2 * index
 
 
 def make_task_data(tasks: Sequence[str], config: TrainConfig, task_ids: bool = False,
                    model_config: ModelConfig = ModelConfig()) -> dict[str, tuple[Data, Data]]:
-    """{task: (training data, validation data)}; with `task_ids`, task i's examples carry task id i."""
+    """Draw every task's data as {task: (training data, validation data)}.
+
+    With `task_ids`, the examples of the task at index i carry task id i as a third tensor.
+    """
     data = {}
     for i, task in enumerate(tasks):
         train_seed, val_seed = task_seeds(i, config)
@@ -77,7 +85,8 @@ def train_phase(model: nn.Module, phase: str, train_data: Data, config: TrainCon
     """Train one phase with `tinylora.training.train` and evaluate every task every `eval_every` steps.
 
     Yields `step` events and one `eval` event per task (`step`, `phase`, `task`, `val/acc`, `val/loss`,
-    `seconds`), with steps counted from `step_offset` and seconds from `start`. Evaluation also runs after the
+    `seconds`), with steps counted from `step_offset` and seconds from `start`. `eval_every` counts the
+    phase's own steps (0: evaluate only at the end). Evaluation also runs after the
     phase's last step (or the step where it stopped), so every phase ends with a point for every task.
     Returns the training `end` event and the last accuracies. Evaluating between steps changes no weight and
     draws nothing from the random generator, so it leaves training exactly as it would be without it.
@@ -113,7 +122,7 @@ def evaluation_events(evaluator: TaskEvaluator, phase: str, step: int,
 
 @dataclass(frozen=True)
 class AdaptersSpec:
-    """One adapter per task over one frozen base; the defaults are the notebook's two-adapter experiment."""
+    """Settings of one adapter per task over one frozen base; the defaults are the notebook's experiment."""
 
     tasks: tuple[str, ...] = ("odd_majority", "first_lt_last")
     lora: LoRAConfig = field(default_factory=LoRAConfig)
@@ -124,49 +133,50 @@ class AdaptersSpec:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "AdaptersSpec":
         """Build and validate a spec from JSON-style params; missing keys take the defaults."""
-        values = dict(params)
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown adapters setting(s) {unknown}; known settings are "
-                             f"{[f.name for f in dataclasses.fields(cls)]}")
-        if "tasks" in values:
-            values["tasks"] = tuple(values["tasks"])
-        if "lora" in values:
-            values["lora"] = lora_from_params(values["lora"])
-        if "train" in values:
-            values["train"] = _build(TrainConfig, values["train"], "train")
-        return cls(**values).validate()
+        return spec_from_params(cls, params, {"lora": LoRAConfig, "train": TrainConfig}).validate()
 
     def to_params(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return json_params(self)
 
     def validate(self) -> "AdaptersSpec":
         if not self.tasks:
             raise ValueError("pick at least one task, e.g. tasks=['odd_majority', 'first_lt_last']")
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"each task may appear once, got {list(self.tasks)}")
-        method = "lora" if self.quant is None else next((m for m, s in METHODS.items() if s == self.quant), None)
-        if method is None:
-            raise ValueError(f"unknown quantization scheme {self.quant!r}; choose one of "
-                             f"{[s for s in METHODS.values() if s]} or None for a float32 base")
+        if self.quant is not None:
+            get_scheme(self.quant)
         for task in self.tasks:
-            RunConfig(method=method, task=task, lora=self.lora, train=self.train).validate()
+            RunConfig(method="lora", task=task, lora=self.lora, train=self.train).validate()
         return self
 
 
-def lora_from_params(values: Mapping[str, Any]) -> LoRAConfig:
-    values = dict(values)
-    if "target_modules" in values:
-        values["target_modules"] = tuple(values["target_modules"])
-    return _build(LoRAConfig, values, "lora")
+def json_params(spec) -> dict[str, Any]:
+    """Return a spec dataclass as the JSON-style params its `from_params` reads (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(spec)))
 
 
-def _build(cls, values: Mapping[str, Any], where: str):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"unknown {where} setting(s) {unknown}; known settings are {sorted(names)}")
+def spec_from_params(cls, params: Mapping[str, Any], parts: Mapping[str, type]):
+    """Build dataclass `cls` from JSON-style params: dicts for the nested dataclasses in `parts`, lists for tuples.
+
+    Missing keys take the defaults and unknown keys raise ValueError.
+    """
+    values = _known_values(cls, params, cls.__name__)
+    for key, part in parts.items():
+        if key in values and not dataclasses.is_dataclass(values[key]):
+            values[key] = part(**_known_values(part, values[key], key))
     return cls(**values)
+
+
+def _known_values(cls, params: Mapping[str, Any], where: str) -> dict[str, Any]:
+    values = dict(params)
+    fields = dataclasses.fields(cls)
+    unknown = sorted(set(values) - {f.name for f in fields})
+    if unknown:
+        raise ValueError(f"unknown {where} setting(s) {unknown}; known settings are {[f.name for f in fields]}")
+    for f in fields:
+        if f.name in values and isinstance(f.default, tuple):
+            values[f.name] = tuple(values[f.name])
+    return values
 
 
 def build_adapter_model(seed: int, quant: str | None = None, model_config: ModelConfig = ModelConfig()) -> AdapterModel:
@@ -214,10 +224,20 @@ def run_adapters(params: Mapping[str, Any], should_stop: Callable[[], bool] = la
 
     matrix = cross_evaluate(model, {task: data[task][1] for task in spec.tasks})
     yield {"type": "matrix", **matrix}
-    if spec.out_dir is not None:
+    if spec.out_dir is not None and status != "diverged":
         save_adapters(model, spec.out_dir)
     yield {"type": "end", "status": status, "message": message, "seconds": time.perf_counter() - start,
            "summary": {"matrix": matrix, "adapters": adapters, "out_dir": spec.out_dir}}
+
+
+def adapters_job(params: Mapping[str, Any], ctx) -> Iterator[dict]:
+    """Job-runner entry point: `run_adapters` saving the base and adapters under `ctx.run_dir / "adapters"`."""
+    yield from run_adapters({**params, "out_dir": str(Path(ctx.run_dir) / ADAPTERS_DIR)}, ctx.should_stop)
+
+
+def validate_adapters_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Return `params` normalised, or raise ValueError naming the first invalid setting."""
+    return AdaptersSpec.from_params(params).to_params()
 
 
 def lora_trainable_count(config: LoRAConfig, model_config: ModelConfig = ModelConfig()) -> int:

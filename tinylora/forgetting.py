@@ -11,8 +11,8 @@
 - `replay`: like `sequential`, but phase B also trains on a share of A's training examples.
 
 The tasks share one input distribution and label it by different rules, so an input often has one label under
-A and the other under B. A single model can only serve both when it is told which task it is doing, which is
-why `joint` and `replay` tag [CLS] with a task id (A: 0, B: 1) by default. The task embedding is frozen in the
+A and the other under B. A single model can only serve both when its input names the task, so `joint` and `replay` add a
+task id to [CLS] (A: 0, B: 1) by default. The task embedding is frozen in the
 LoRA strategies and trained with everything else in `full`.
 
 Events of `run_forgetting`, all plain JSON-serialisable dicts:
@@ -46,9 +46,9 @@ import torch.nn as nn
 
 from .adapters import AdapterModel
 from .config import RunConfig, TrainConfig
-from .experiments import (build_adapter_model, concat_data, evaluation_events, lora_from_params, make_task_data,
-                          train_phase)
-from .lora import TARGETABLE, LoRAConfig
+from .experiments import (build_adapter_model, concat_data, evaluation_events, json_params, make_task_data,
+                          spec_from_params, train_phase)
+from .lora import LoRAConfig
 from .model import ModelConfig, TinyClassifier, count_parameters
 from .training import Data, evaluate
 
@@ -106,10 +106,10 @@ class ForgettingSpec:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "ForgettingSpec":
         """Build and validate a spec from JSON-style params; missing keys take the defaults."""
-        return _spec_from_params(cls, params).validate()
+        return spec_from_params(cls, params, {"lora": LoRAConfig, "train": TrainingSettings}).validate()
 
     def to_params(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return json_params(self)
 
     def validate(self) -> "ForgettingSpec":
         if self.strategy not in STRATEGIES:
@@ -129,7 +129,7 @@ class ForgettingSpec:
 
 
 def default_params(strategy: str) -> dict[str, Any]:
-    """The notebook's settings for `strategy` as params for `run_forgetting` (r=8, lora_alpha=16 for joint)."""
+    """Return the notebook's settings for `strategy` as `run_forgetting` params (joint: r=8, lora_alpha=16)."""
     spec = ForgettingSpec(strategy=strategy).validate()
     if strategy == "joint":
         spec = dataclasses.replace(spec, lora=LoRAConfig(r=8, lora_alpha=16))
@@ -149,7 +149,7 @@ class Phase:
 
 
 def plan_phases(spec: ForgettingSpec, data: Mapping[str, tuple[Data, Data]]) -> list[Phase]:
-    """The phases of `spec.strategy` with their training data."""
+    """Return the phases of `spec.strategy`, each with its training data."""
     a, b = spec.task_a, spec.task_b
     train_a, train_b = data[a][0], data[b][0]
     if spec.strategy == "joint":
@@ -232,11 +232,21 @@ def run_forgetting(params: Mapping[str, Any], should_stop: Callable[[], bool] = 
            "summary": summary}
 
 
+def forgetting_job(params: Mapping[str, Any], ctx) -> Iterator[dict]:
+    """Job-runner entry point for `run_forgetting`; it saves no files."""
+    yield from run_forgetting(params, ctx.should_stop)
+
+
+def validate_forgetting_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Return `params` normalised, or raise ValueError naming the first invalid setting."""
+    return ForgettingSpec.from_params(params).to_params()
+
+
 def forgetting_summary(spec: ForgettingSpec, phases: list[Phase], checkpoints: list[dict], final: dict[str, float],
                        trainable: int, seconds: float) -> dict[str, Any]:
     """Summarise a run from its checkpoints (accuracies at step 0 and after each completed phase).
 
-    `final` holds the last accuracies measured, where the run ended or stopped. `a_after_a` is the accuracy on
+    `final` contains the last accuracies measured, where the run ended or stopped. `a_after_a` is the accuracy on
     A at the end of the first phase that trains on A, and `b_before_b` the accuracy on B just before the first
     phase that trains on B. For a finished run, `gained_b` = final B - `b_before_b` and `lost_a` =
     `a_after_a` - final A (0 for joint, which has no later phase). Values a stopped run never reached are None.
@@ -288,10 +298,10 @@ class LearnsLessSpec:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "LearnsLessSpec":
         """Build and validate a spec from JSON-style params; missing keys take the defaults."""
-        return _spec_from_params(cls, params).validate()
+        return spec_from_params(cls, params, {"lora": LoRAConfig, "train": TrainingSettings}).validate()
 
     def to_params(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return json_params(self)
 
     def lora_config(self, r: int) -> LoRAConfig:
         return LoRAConfig(r=r, lora_alpha=self.scaling * r, target_modules=self.target_modules)
@@ -370,6 +380,16 @@ def run_learns_less(params: Mapping[str, Any], should_stop: Callable[[], bool] =
            "summary": {"base": base_acc, "points": points}}
 
 
+def learns_less_job(params: Mapping[str, Any], ctx) -> Iterator[dict]:
+    """Job-runner entry point for `run_learns_less`; it saves no files."""
+    yield from run_learns_less(params, ctx.should_stop)
+
+
+def validate_learns_less_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Return `params` normalised, or raise ValueError naming the first invalid setting."""
+    return LearnsLessSpec.from_params(params).to_params()
+
+
 def _evaluator(model: nn.Module, val_sets: Mapping[str, Data]) -> Callable[[], dict[str, tuple[float, float]]]:
     return lambda: {task: evaluate(model, val) for task, val in val_sets.items()}
 
@@ -379,23 +399,3 @@ def _check_tasks(task_a: str, task_b: str) -> None:
         RunConfig(task=task).validate()
     if task_a == task_b:
         raise ValueError(f"task A and task B must differ, both are {task_a!r}")
-
-
-def _spec_from_params(cls, params: Mapping[str, Any]):
-    values = dict(params)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} setting(s) {unknown}; known settings are {names}")
-    if "lora" in values:
-        values["lora"] = lora_from_params(values["lora"])
-    if "train" in values:
-        train = dict(values["train"])
-        known = [f.name for f in dataclasses.fields(TrainingSettings)]
-        if set(train) - set(known):
-            raise ValueError(f"unknown train setting(s) {sorted(set(train) - set(known))}; known settings are {known}")
-        values["train"] = TrainingSettings(**train)
-    for key in ("ranks", "target_modules"):
-        if key in values:
-            values[key] = tuple(values[key])
-    return cls(**values)

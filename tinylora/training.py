@@ -32,7 +32,7 @@ Data = tuple[torch.Tensor, ...]
 
 
 def model_inputs(data: Data, idx: torch.Tensor | slice) -> tuple[torch.Tensor, ...]:
-    """The model's positional inputs for rows `idx` of `data`: token ids, then task ids when the data has them."""
+    """Return the model's positional inputs for rows `idx` of `data`: token ids, then any task ids."""
     x, _, *task_ids = data
     return (x[idx], *(t[idx] for t in task_ids))
 

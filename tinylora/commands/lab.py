@@ -9,9 +9,9 @@ from ..lab import format_lab, run_lab
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workers", type=int, default=1,
-                        help="processes that run the independent trainings side by side (default %(default)s: "
-                             "all in this process)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="processes that run the six independent trainings side by side; 1 runs them all "
+                             "in this process with torch's default thread count (default %(default)s)")
     parser.add_argument("--threads-per-worker", type=int, default=1,
                         help="torch threads in each worker process when --workers > 1 (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
