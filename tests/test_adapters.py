@@ -139,6 +139,7 @@ def test_merged_matches_unmerged(quant, x):
     model.merge_adapter()
     assert model.merged_adapter == "a"
     assert torch.allclose(model(x), y, atol=MERGE_ATOL)
+    assert torch.equal(model(x).argmax(-1), y.argmax(-1))
     model.unmerge_adapter()
     assert model.merged_adapter is None
     assert torch.allclose(model(x), y, atol=MERGE_ATOL)

@@ -75,9 +75,9 @@ def test_adapters_matrix_shape(adapters_run):
 def test_adapters_files_reproduce_matrix(adapters_run):
     events, out_dir = adapters_run
     model = load_adapters(out_dir)
-    data = make_task_data(TASKS, TrainConfig(**TINY_TRAIN))
-    matrix = cross_evaluate(model, {task: data[task][1] for task in TASKS})
-    assert matrix == events[-1]["summary"]["matrix"]
+    val_sets = AdaptersSpec.from_params({"tasks": TASKS, "train": TINY_TRAIN}).validation_sets()
+    assert list(val_sets) == TASKS
+    assert cross_evaluate(model, val_sets) == events[-1]["summary"]["matrix"]
 
 
 def test_first_adapter_matches_plain_run():

@@ -138,6 +138,10 @@ class AdaptersSpec:
     def to_params(self) -> dict[str, Any]:
         return json_params(self)
 
+    def validation_sets(self) -> dict[str, Data]:
+        """Draw the validation data of every task, the sets the run's matrix was computed on."""
+        return {task: val for task, (_, val) in make_task_data(self.tasks, self.train).items()}
+
     def validate(self) -> "AdaptersSpec":
         if not self.tasks:
             raise ValueError("pick at least one task, e.g. tasks=['odd_majority', 'first_lt_last']")
@@ -222,7 +226,7 @@ def run_adapters(params: Mapping[str, Any], should_stop: Callable[[], bool] = la
         if status != "finished":
             break
 
-    matrix = cross_evaluate(model, {task: data[task][1] for task in spec.tasks})
+    matrix = cross_evaluate(model, {task: val for task, (_, val) in data.items()})
     yield {"type": "matrix", **matrix}
     if spec.out_dir is not None and status != "diverged":
         save_adapters(model, spec.out_dir)
