@@ -6,8 +6,7 @@ import pytest
 
 import tinylora.commands.lab as lab_command
 from tinylora.cli import main
-from tinylora.config import METHODS
-from tinylora.lab import format_lab, run_lab
+from tinylora.lab import LAB_METHODS, format_lab, run_lab
 
 CHANCE = (0.4, 0.6)
 
@@ -24,7 +23,7 @@ def test_lab_is_json(lab):
 
 def test_methods_rows(lab):
     rows = {row["method"]: row for row in lab["methods"]}
-    assert list(rows) == list(METHODS)
+    assert list(rows) == list(LAB_METHODS)
     assert rows["full"]["trainable"] == 202114
     assert rows["lora"]["trainable"] == rows["qlora-int8"]["trainable"] == 6274
     assert rows["lora"]["share_of_full"] == pytest.approx(6274 / 202114)

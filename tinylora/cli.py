@@ -7,6 +7,7 @@ import sys
 # Subcommand name -> module in tinylora.commands with `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS = {
     "train": "Train one run and print its per-epoch log (or --json).",
+    "quant": "Quantize a base with each scheme and print error statistics, bytes and accuracy (or --json).",
     "lab": "Run the reference notebook's experiments and print their tables (or --json).",
 }
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from .lora import TARGETABLE, LoRAConfig
 from .model import ModelConfig
+from .quant import BLOCK_SIZES
 from .tasks import TASKS
 
 # Each method names the scheme its frozen base is stored in (None: float32).
@@ -20,13 +21,32 @@ METHODS: dict[str, str | None] = {
     "full": None,
     "lora": None,
     "qlora-int8": "int8",
+    "qlora-int8-channel": "int8-channel",
+    "qlora-nf4": "nf4",
 }
 METHOD_LABELS = {
     "full": "Full finetune",
     "lora": "LoRA",
     "qlora-int8": "QLoRA (int8 base)",
+    "qlora-int8-channel": "QLoRA (int8 per-channel base)",
+    "qlora-nf4": "QLoRA (NF4 base)",
 }
 MAX_R = 64
+
+# Frozen bases: the seed's random initialisation, or a base fully finetuned on one task and cached on disk
+# (tinylora.checkpoints trains it once).
+RANDOM_BASE = "random"
+FINETUNED_PREFIX = "finetuned:"
+BASES = (RANDOM_BASE, *(FINETUNED_PREFIX + task for task in TASKS))
+
+
+def base_task(base: str) -> str | None:
+    """Return the task a base was finetuned on, or None for the random base; raise ValueError for unknown names."""
+    if base == RANDOM_BASE:
+        return None
+    if isinstance(base, str) and base.startswith(FINETUNED_PREFIX) and base[len(FINETUNED_PREFIX):] in TASKS:
+        return base[len(FINETUNED_PREFIX):]
+    raise ValueError(f"unknown base {base!r}; choose one of {', '.join(BASES)}")
 
 
 @dataclass(frozen=True)
@@ -45,13 +65,24 @@ class TrainConfig:
 @dataclass(frozen=True)
 class QuantOptions:
     modules: str = "all"  # "all": every frozen block linear; "targets": only the LoRA targets, as the notebook does
+    block_size: int = 64  # NF4: weights that share one absmax scale (32, 64, 128 or 256)
+    double_quant: bool = True  # NF4: quantize the per-block absmax values again to 8 bits
+
+    def validate(self) -> None:
+        if self.modules not in ("all", "targets"):
+            raise ValueError(f"quant.modules must be 'all' or 'targets', got {self.modules!r}")
+        if self.block_size not in BLOCK_SIZES:
+            raise ValueError(f"quant.block_size must be one of {', '.join(map(str, BLOCK_SIZES))}, "
+                             f"got {self.block_size!r}")
+        if not isinstance(self.double_quant, bool):
+            raise ValueError(f"quant.double_quant must be True or False, got {self.double_quant!r}")
 
 
 @dataclass(frozen=True)
 class RunConfig:
     method: str = "lora"
     task: str = "odd_majority"
-    base: str = "random"  # the frozen base: "random" (the seed's initialisation) or a cached checkpoint name
+    base: str = RANDOM_BASE  # the frozen base: "random" (the seed's initialisation) or "finetuned:<task>"
     quant: QuantOptions = field(default_factory=QuantOptions)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -71,6 +102,7 @@ class RunConfig:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        base_task(self.base)
         t = self.train
         if not (isinstance(t.lr, (int, float)) and math.isfinite(t.lr) and t.lr > 0):
             raise ValueError(f"learning rate must be a positive finite number such as 5e-3, got {t.lr!r}")
@@ -82,8 +114,7 @@ class RunConfig:
             raise ValueError(f"training and validation sets need at least 1 example, got {t.n_train} and {t.n_val}")
         if not (math.isfinite(t.weight_decay) and t.weight_decay >= 0):
             raise ValueError(f"weight decay must be a finite number >= 0, got {t.weight_decay!r}")
-        if self.quant.modules not in ("all", "targets"):
-            raise ValueError(f"quant.modules must be 'all' or 'targets', got {self.quant.modules!r}")
+        self.quant.validate()
         if self.uses_lora:
             self._validate_lora()
         return self

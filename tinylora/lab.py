@@ -22,12 +22,13 @@ from typing import Any
 
 import torch
 
-from .config import METHOD_LABELS, METHODS, RunConfig
+from .config import METHOD_LABELS, RunConfig
 from .experiments import run_adapters
 from .forgetting import default_params, run_forgetting
 from .training import prepare_run
 
 TASK_A, TASK_B = "odd_majority", "first_lt_last"
+LAB_METHODS = ("full", "lora", "qlora-int8")  # the notebook's three; the quant command compares the other schemes
 
 
 def run_method(method: str) -> dict[str, Any]:
@@ -70,7 +71,7 @@ WORK: dict[tuple[str, str], Callable[[], dict[str, Any]]] = {
     ("joint", "joint"): lambda: run_forgetting_story("joint"),
     ("forgetting", "sequential"): lambda: run_forgetting_story("sequential"),
     ("adapters", "matrix"): run_cross_evaluation,
-    **{("methods", m): (lambda m=m: run_method(m)) for m in METHODS},
+    **{("methods", m): (lambda m=m: run_method(m)) for m in LAB_METHODS},
 }
 
 
@@ -107,7 +108,7 @@ def run_lab(workers: int = 2, threads_per_worker: int = 1) -> dict[str, Any]:
 
 def assemble(results: dict[tuple[str, str], dict[str, Any]], workers: int, seconds: float) -> dict[str, Any]:
     """Arrange the work items' results into the lab's sections."""
-    methods = [results["methods", m] for m in METHODS]
+    methods = [results["methods", m] for m in LAB_METHODS]
     full = next(row for row in methods if row["method"] == "full")
     for row in methods:
         row["share_of_full"] = row["trainable"] / full["trainable"]

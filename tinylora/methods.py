@@ -24,5 +24,6 @@ def build_model(config: RunConfig, base_state: dict[str, torch.Tensor] | None = 
         return model
     if config.quant_scheme is not None:
         modules = config.lora.target_modules if config.quant.modules == "targets" else TARGETABLE
-        quantize_model(model, QuantConfig(scheme=config.quant_scheme, modules=tuple(modules)))
+        quantize_model(model, QuantConfig(scheme=config.quant_scheme, modules=tuple(modules),
+                                          block_size=config.quant.block_size, double_quant=config.quant.double_quant))
     return inject_lora(model, config.lora)

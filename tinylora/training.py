@@ -17,12 +17,13 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import RunConfig, TrainConfig
+from .config import RANDOM_BASE, RunConfig, TrainConfig
 from .methods import build_model
 from .model import count_parameters
 from .tasks import make_data
@@ -124,8 +125,17 @@ class PreparedRun:
         return train(self.model, self.train_data, self.val_data, self.config.train, should_stop)
 
 
-def prepare_run(config: RunConfig, base_state: dict[str, torch.Tensor] | None = None) -> PreparedRun:
-    """Build the model (which seeds the global generator) and the run's training and validation data."""
+def prepare_run(config: RunConfig, base_state: dict[str, torch.Tensor] | None = None,
+                home: Path | None = None) -> PreparedRun:
+    """Build the model (which seeds the global generator) and the run's training and validation data.
+
+    Without `base_state`, a finetuned `config.base` is loaded from the cache under `home` (default:
+    `data_home()`), which trains it first if it is missing. The random base needs no file.
+    """
+    if base_state is None and config.base != RANDOM_BASE:
+        # Imported here because tinylora.checkpoints trains its bases with this module.
+        from .checkpoints import load_base_state
+        base_state = load_base_state(config.base, home, config.model)
     model = build_model(config, base_state)
     t = config.train
     train_data = make_data(config.task, t.n_train, t.train_data_seed, config.model)

@@ -4,17 +4,22 @@ import argparse
 import json
 import sys
 
-from ..config import METHODS, QuantOptions, RunConfig, TrainConfig
+from ..checkpoints import base_path, is_cached
+from ..config import BASES, METHODS, QuantOptions, RunConfig, TrainConfig
 from ..lora import TARGETABLE, LoRAConfig
+from ..quant import BLOCK_SIZES
 from ..tasks import TASKS
 from ..training import prepare_run
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per Train page control, with the reference run's defaults."""
-    d, dl, dt = RunConfig(), LoRAConfig(), TrainConfig()
+    d, dl, dt, dq = RunConfig(), LoRAConfig(), TrainConfig(), QuantOptions()
     parser.add_argument("--method", choices=list(METHODS), default=d.method)
     parser.add_argument("--task", choices=list(TASKS), default=d.task)
+    parser.add_argument("--base", choices=BASES, default=d.base,
+                        help="the frozen base: the seed's initialisation, or a base fully finetuned on a task, "
+                             "trained once and cached under $TINYLORA_HOME (default %(default)s)")
     parser.add_argument("--r", type=int, default=dl.r, help="LoRA rank (default %(default)s)")
     parser.add_argument("--lora-alpha", type=float, default=dl.lora_alpha,
                         help="LoRA alpha; the update is scaled by lora_alpha / r (default %(default)s)")
@@ -25,9 +30,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=dt.batch_size)
     parser.add_argument("--seed", type=int, default=dt.seed,
                         help="seeds model and adapter initialisation and the batch order (default %(default)s)")
-    parser.add_argument("--quant-modules", choices=["all", "targets"], default=QuantOptions().modules,
+    parser.add_argument("--quant-modules", choices=["all", "targets"], default=dq.modules,
                         help="QLoRA: quantize every frozen block linear, or only the LoRA targets as the "
                              "reference notebook does (default %(default)s)")
+    parser.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=dq.block_size,
+                        help="QLoRA NF4: weights per absmax scale (default %(default)s)")
+    parser.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=dq.double_quant,
+                        help="QLoRA NF4: quantize the per-block absmax values to 8 bits (default: on)")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -35,9 +44,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         method=args.method,
         task=args.task,
+        base=args.base,
         lora=LoRAConfig(r=args.r, lora_alpha=args.lora_alpha, target_modules=targets),
         train=TrainConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed),
-        quant=QuantOptions(modules=args.quant_modules),
+        quant=QuantOptions(modules=args.quant_modules, block_size=args.block_size, double_quant=args.double_quant),
     )
 
 
@@ -52,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if not is_cached(config.base, model=config.model):
+        print(f"training the base {config.base} once; it is cached at {base_path(config.base, model=config.model)}",
+              file=sys.stderr)
     prepared = prepare_run(config)
     history, summary = [], {}
     for event in prepared.events():
