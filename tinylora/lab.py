@@ -28,7 +28,7 @@ from .forgetting import default_params, run_forgetting
 from .training import prepare_run
 
 TASK_A, TASK_B = "odd_majority", "first_lt_last"
-LAB_METHODS = ("full", "lora", "qlora-int8")  # the notebook's three; the quant command compares the other schemes
+LAB_METHODS = ("full", "lora", "qlora-int8")  # the notebook's three (the quant command compares more schemes)
 
 
 def run_method(method: str) -> dict[str, Any]:
