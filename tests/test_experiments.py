@@ -89,7 +89,12 @@ def test_first_adapter_matches_plain_run():
 
 def test_adapters_stop_ends_stopped():
     calls = []
-    events = collect(run_adapters({"train": TINY_TRAIN}, should_stop=lambda: calls.append(1) or len(calls) >= 3))
+
+    def stop_after_three_steps() -> bool:
+        calls.append(1)
+        return len(calls) >= 3
+
+    events = collect(run_adapters({"train": TINY_TRAIN}, should_stop=stop_after_three_steps))
     assert events[-1]["type"] == "end"
     assert events[-1]["status"] == "stopped"
     assert [e["adapter"] for e in events if e["type"] == "adapter"] == [TASKS[0]]
@@ -182,7 +187,12 @@ def test_full_trains_every_weight():
 
 def test_forgetting_stop_ends_stopped():
     calls = []
-    events = collect(run_forgetting(tiny_forgetting("sequential"), should_stop=lambda: calls.append(1) or len(calls) >= 5))
+
+    def stop_after_five_steps() -> bool:
+        calls.append(1)
+        return len(calls) >= 5
+
+    events = collect(run_forgetting(tiny_forgetting("sequential"), should_stop=stop_after_five_steps))
     assert events[-1]["status"] == "stopped"
     assert events[-1]["summary"]["lost_a"] is None
     assert [e["phase"] for e in events if e["type"] == "phase"] == ["A", "B"]

@@ -89,7 +89,7 @@ def test_cli_prints_tables(lab, monkeypatch, capsys):
     assert capsys.readouterr().out.strip() == format_lab(lab)
 
 
-@pytest.mark.parametrize("flags", [["--workers", "0"], ["--threads-per-worker", "0"]])
+@pytest.mark.parametrize("flags", [["--workers", "0"], ["--workers", "7"], ["--threads", "0"]])
 def test_cli_rejects_bad_workers(flags, capsys):
     assert main(["lab", *flags]) == 2
     assert "error:" in capsys.readouterr().err
