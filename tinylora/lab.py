@@ -10,10 +10,10 @@
 4. joint training: one adapter (r=8, lora_alpha=16) for 10 epochs on mixed batches tagged with task ids.
 
 The six training runs are independent and each seeds its own generator, so they can run in separate
-processes (`workers`) without changing any number. The torch thread count can change one: full finetuning
-ends at 0.955 with one thread and 0.975 with two (measured with torch 2.13.0 on a 2-core Xeon), because the
-weight gradients are summed in another order, while every LoRA run of the lab is the same with either. So
-every mode uses `threads_per_worker` threads, 1 by default.
+processes (`workers`) without changing any number. The torch thread count can change one. Full finetuning
+ends at 0.955 with one thread and 0.975 with two (measured with torch 2.13.0 on a 2-core Xeon) because its
+weight gradients are summed in another order. Every LoRA run of the lab gives the same numbers with either,
+and every mode uses `threads_per_worker` threads, 1 by default.
 """
 
 import concurrent.futures
