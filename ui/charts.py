@@ -247,6 +247,9 @@ def breakdown_chart(table) -> go.Figure:
     fig.update_layout(barmode="stack")
     _legend_under_title(fig)
     fig.update_xaxes(tickangle=-45)
+    return fig
+
+
 def overlay_chart(series: dict[str, tuple[list[float], list[float], list[float] | None]], title: str,
                   x_title: str, y_title: str, y_range: tuple[float, float] | None = None,
                   chance: float | None = None, markers: bool = False,
@@ -274,6 +277,9 @@ def overlay_chart(series: dict[str, tuple[list[float], list[float], list[float] 
     if y_range is not None:
         fig.update_yaxes(range=list(y_range))
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0))
+    return fig
+
+
 def sweep_heatmap(data, x_title: str, y_title: str, x_labels: list[str], y_labels: list[str]) -> go.Figure:
     """Mean final validation accuracy per cell of two sweep axes (`tinylora.sweep_results.HeatmapData`).
 
