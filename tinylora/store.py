@@ -175,6 +175,11 @@ class RunStore:
         finally:
             db.close()
 
+    def check(self) -> None:
+        """Read every page of the runs table once, so a corrupt table raises `StoreError` here and not mid-page."""
+        with self._connect() as db:
+            db.execute("SELECT COUNT(*), SUM(LENGTH(config)), SUM(LENGTH(summary)) FROM runs").fetchone()
+
     def run_dir(self, run_id: str) -> Path:
         return self.home / "runs" / check_run_id(run_id)
 
