@@ -61,9 +61,24 @@ def test_sequential_forgets_a(lab):
     assert f["after_b"][f["task_b"]] > 0.9
 
 
+@pytest.mark.parametrize("phase, task, notebook", [("after_a", "odd_majority", 0.998),
+                                                   ("after_a", "first_lt_last", 0.514),
+                                                   ("after_b", "first_lt_last", 0.930)])
+def test_sequential_matches_notebook(lab, phase, task, notebook):
+    assert round(lab["forgetting"][phase][task], 3) == notebook
+
+
+def test_sequential_a_after_b_near_notebook(lab):
+    # NOTE: the notebook prints 0.490 (251 of 512); this run keeps 252 of 512 (0.492) after 12 epochs on B,
+    # a one-example drift that float rounding on another machine explains. Every other figure matches.
+    assert abs(lab["forgetting"]["after_b"]["odd_majority"] - 0.490) <= 1 / 512 + 1e-9
+
+
 def test_joint_learns_both(lab):
-    # NOTE: the notebook reports both above 0.9. Here accuracy on odd_majority swings between 0.885 and 0.961
+    # NOTE: the notebook reports 0.947 and 0.932. Here accuracy on odd_majority swings between 0.885 and 0.961
     # over epochs 6 to 10 (seed 0) and ends at 0.885, so the bound is 0.85; seeds 1 to 3 end above 0.9.
+    # The notebook's extra torch.randperm(2048) of the joint set before training does not recover its
+    # figures either: with it this code ends at 0.938 and 0.861.
     for task, acc in lab["joint"]["acc"].items():
         assert acc >= 0.85, task
     assert lab["joint"]["acc"]["odd_majority"] - lab["forgetting"]["after_b"]["odd_majority"] > 0.3
