@@ -69,8 +69,8 @@ def test_sequential_matches_notebook(lab, phase, task, notebook):
 
 
 def test_sequential_a_after_b_near_notebook(lab):
-    # NOTE: the notebook prints 0.490 (251 of 512); this run keeps 252 of 512 (0.492) after 12 epochs on B,
-    # a one-example drift that float rounding on another machine explains. Every other figure matches.
+    # NOTE: the notebook prints 0.490 (251 of 512), and this run keeps 252 of 512 (0.492) after 12 epochs on B.
+    # Float rounding on another machine explains a one-example drift. Every other figure matches.
     assert abs(lab["forgetting"]["after_b"]["odd_majority"] - 0.490) <= 1 / 512 + 1e-9
 
 
