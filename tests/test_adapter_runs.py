@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from run_factory import run_job
-from tinylora.adapter_runs import (load_adapter_set, load_run_adapter, matrix_rows, parse_tokens, predictions,
-                                   random_tokens, run_adapter_config, run_val_set)
+from tinylora.adapter_runs import (load_adapter_set, load_run_adapter, matrix_rows, median_swap_seconds,
+                                   parse_tokens, predictions, random_tokens, run_adapter_config, run_val_set)
 from tinylora.config import RunConfig, TrainConfig
 from tinylora.store import RunStore
 
@@ -131,3 +131,13 @@ def test_parse_tokens_accepts_commas_and_spaces():
 def test_parse_tokens_rejects(text, match):
     with pytest.raises(ValueError, match=match):
         parse_tokens(text)
+
+
+def test_median_swap_seconds_restores_active(runs):
+    store, ids = runs
+    model = load_adapter_set(store, ids["set"]).model
+    model.set_adapter(TASKS[1])
+    swaps = median_swap_seconds(model, [*TASKS, None], repeats=5)
+    assert list(swaps) == [*TASKS, None]
+    assert all(seconds > 0 for seconds in swaps.values())
+    assert model.active_adapter == TASKS[1]

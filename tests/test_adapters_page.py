@@ -128,8 +128,8 @@ def test_mixing_curve_ends_at_each_adapter(store, adapter_set):
         assert trace["y"][0] == matrix["acc"][0][t]  # w = 0 is the first adapter, bit for bit
         assert trace["y"][-1] == matrix["acc"][1][t]  # w = 1 is the second
     assert [trace["x"] for trace in markers] == [[0.3], [0.3]]
-    assert [shape["x0"] for shape in spec["layout"]["shapes"] if shape["type"] == "line" and shape["x0"] == shape["x1"]] \
-        == [0.3]
+    verticals = [shape["x0"] for shape in spec["layout"]["shapes"] if shape["x0"] == shape["x1"]]
+    assert verticals == [0.3]
 
 
 def test_reload_picks_newest_and_keeps_older(home):

@@ -136,8 +136,10 @@ def test_learns_less_scatter_has_point_per_run(shared):
     assert by_name["start: finetuned on A"]["x"] == [base["first_lt_last"]]
     assert by_name["full finetuning"]["x"] == [points[0]["acc_b"]]
     assert by_name["full finetuning"]["y"] == [points[0]["acc_a"]]
-    assert by_name["LoRA (label: r)"]["text"] == ["r=1", "r=4"]
-    assert by_name["LoRA (label: r)"]["y"] == [p["acc_a"] for p in points[1:]]
+    assert list(by_name) == ["start: finetuned on A", "full finetuning", "LoRA r=1", "LoRA r=4"]
+    for point in points[1:]:
+        assert (by_name[f"LoRA r={point['r']}"]["x"], by_name[f"LoRA r={point['r']}"]["y"]) \
+            == ([point["acc_b"]], [point["acc_a"]])
     caption = next(c.value for c in at.caption if c.value.startswith("The starting model"))
     assert f"{base['odd_majority']:.3f} on A" in caption
     assert f"lost {base['odd_majority'] - points[0]['acc_a']:.3f} on A" in caption

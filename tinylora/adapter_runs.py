@@ -9,6 +9,7 @@ it gets an `AdapterModel` of its own, because its LoRA weights only make sense o
 on. Either way `matrix_rows` and `predictions` treat it like one more adapter.
 """
 
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -180,18 +181,43 @@ def predictions(adapter_set: AdapterSet | None, tokens: Sequence[int], extra: Se
     """Classify `tokens` with every adapter of the set, every extra adapter and the plain base.
 
     Rows follow `predict_each_adapter` and add `shares_base` (False for an extra adapter on its own base,
-    whose swap is measured in its own model).
+    whose swap is measured in its own model) and `median_swap_seconds` (see `median_swap_seconds`).
     """
     rows = []
     if adapter_set is not None:
         own = [name for name in adapter_set.model.adapter_names if name in adapter_set.spec.tasks]
-        rows += [{**row, "shares_base": True} for row in predict_each_adapter(adapter_set.model, tokens, adapters=own)]
+        swaps = median_swap_seconds(adapter_set.model, own)
+        rows += [{**row, "shares_base": True, "median_swap_seconds": swaps[row["adapter"]]}
+                 for row in predict_each_adapter(adapter_set.model, tokens, adapters=own)]
     for run_adapter in extra:
         row = predict_each_adapter(run_adapter.model, tokens, adapters=[run_adapter.name])[0]
-        rows.append({**row, "shares_base": run_adapter.shares_base})
+        swaps = median_swap_seconds(run_adapter.model, [run_adapter.name])
+        rows.append({**row, "shares_base": run_adapter.shares_base,
+                     "median_swap_seconds": swaps[run_adapter.name]})
     base_model = adapter_set.model if adapter_set is not None else extra[0].model
-    rows += [{**row, "shares_base": True} for row in predict_each_adapter(base_model, tokens, adapters=[None])]
+    swaps = median_swap_seconds(base_model, [None])
+    rows += [{**row, "shares_base": True, "median_swap_seconds": swaps[None]}
+             for row in predict_each_adapter(base_model, tokens, adapters=[None])]
     return rows
+
+
+def median_swap_seconds(model: AdapterModel, adapters: Sequence[str | None], repeats: int = 25) -> dict:
+    """Time `set_adapter` into each of `adapters` (None: the base) `repeats` times; return the median per adapter.
+
+    One swap takes well under a millisecond, so a single timing is easily dominated by a busy machine's
+    scheduler. The previously active adapter is active again afterwards.
+    """
+    previous = model.active_adapter
+    timings: dict[str | None, list[float]] = {name: [] for name in adapters}
+    try:
+        for _ in range(repeats):
+            for name in adapters:
+                start = time.perf_counter()
+                model.set_adapter(name)
+                timings[name].append(time.perf_counter() - start)
+    finally:
+        model.set_adapter(previous)
+    return {name: statistics.median(values) for name, values in timings.items()}
 
 
 def random_tokens(seed: int | None = None, model_config: ModelConfig = ModelConfig()) -> list[int]:

@@ -35,10 +35,10 @@ or the run's name and steps counted from 0 in each, `point` (`run`, `method`, `r
 
 In the paper the model keeps one output layer, and its input shows which domain a prompt belongs to. Here A
 and B label the same inputs by unrelated rules. With one shared head, a model that predicts B's labels well
-must predict A's at chance, so the scatter would trace that constraint instead of forgetting. By default every run on B
-therefore trains its own head (PEFT's `modules_to_save`, starting as a copy of A's) and A is evaluated with
-A's head, which stays frozen, on the body the run changed. What A loses is then what the finetuned body
-forgot. Every phase uses one learning rate, 1e-3 by default, the full-finetuning rate of
+must predict A's at chance, so the scatter would trace that constraint instead of forgetting. By default
+every run on B therefore trains its own head (PEFT's `modules_to_save`, starting as a copy of A's) and A is
+evaluated with A's head, which stays frozen, on the body the run changed. What A loses is then what the
+finetuned body forgot. Every phase uses one learning rate, 1e-3 by default, the full-finetuning rate of
 `tinylora.checkpoints.BaseRecipe`, so the methods differ only in what they train.
 """
 

@@ -7,6 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+ORANGES = ["#FDD0A2", "#FDAE6B", "#FD8D3C", "#E6550D", "#A63603"]  # light to dark, for an ordered series
 COLORS = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D"]
 
 
@@ -437,10 +438,9 @@ def forgetting_chart(runs: list[tuple[str, pd.DataFrame, list[dict]]], tasks: li
     fig.update_xaxes(title_text="training step", row=rows)
     fig.update_annotations(font=dict(size=12))
     fig.update_layout(title=dict(text="Validation accuracy on each task during training", x=0, font=dict(size=15)),
-                      height=170 + 260 * rows, margin=dict(l=10, r=10, t=70, b=10), uirevision="keep",
+                      height=200 + 260 * rows, margin=dict(l=10, r=10, t=70, b=40), uirevision="keep",
                       hovermode="closest",
-                      legend=dict(orientation="h", x=0, xanchor="left", y=-0.12 if rows == 1 else -0.06,
-                                  yanchor="top"))
+                      legend=dict(orientation="h", x=0, xanchor="left", y=-0.2 / rows, yanchor="top"))
     return fig
 
 
@@ -456,36 +456,30 @@ def _mark_phases(fig: go.Figure, phases: list[dict], row: int, col: int) -> None
 
 def learns_less_scatter(points: pd.DataFrame, base: dict[str, float] | None, task_a: str,
                         task_b: str) -> go.Figure:
-    """Plot the accuracy learned on B (x) against the accuracy kept on A (y), a labelled point per run on B.
+    """Plot the accuracy learned on B (x) against the accuracy kept on A (y), one point per run on B.
 
     `points` has the columns run, method, r, trainable, acc_b, acc_a. `base` is the model finetuned on A
-    before any run on B, drawn as a star: the point every run starts from.
+    before any run on B, drawn as a star: the point every run starts from. Each run is its own legend entry,
+    because runs that learn little sit close together and on-chart labels would overlap.
     """
     fig = go.Figure()
+    hover = f"{task_b}: %{{x:.3f}}<br>{task_a}: %{{y:.3f}}"
     if base is not None:
-        fig.add_trace(go.Scatter(x=[base[task_b]], y=[base[task_a]], mode="markers+text", name="start: finetuned on A",
-                                 marker=dict(symbol="star", size=16, color="#777"), text=["start"],
-                                 textposition="bottom center",
-                                 hovertemplate=f"finetuned on {task_a}, before {task_b}<br>{task_b}: %{{x:.3f}}<br>"
-                                               f"{task_a}: %{{y:.3f}}<extra></extra>"))
-    full = points[points.method == "full"]
-    lora = points[points.method == "lora"]
-    if len(full):
-        fig.add_trace(go.Scatter(x=full.acc_b.tolist(), y=full.acc_a.tolist(), mode="markers+text",
-                                 name="full finetuning", marker=dict(symbol="square", size=14, color="#333"),
-                                 text=["full"] * len(full), textposition="top center",
-                                 customdata=full.trainable.tolist(),
-                                 hovertemplate="full finetuning (%{customdata:,} trainable)<br>" + task_b +
-                                               ": %{x:.3f}<br>" + task_a + ": %{y:.3f}<extra></extra>"))
-    if len(lora):
-        fig.add_trace(go.Scatter(x=lora.acc_b.tolist(), y=lora.acc_a.tolist(), mode="markers+text",
-                                 name="LoRA (label: r)",
-                                 marker=dict(size=13, color=np.log2(lora.r.astype(float)).tolist(),
-                                             colorscale="Oranges", cmin=-2, cmax=7, line=dict(color="#333", width=1)),
-                                 text=[f"r={r}" for r in lora.r], textposition="top center",
-                                 customdata=lora.trainable.tolist(),
-                                 hovertemplate="LoRA %{text} (%{customdata:,} trainable)<br>" + task_b +
-                                               ": %{x:.3f}<br>" + task_a + ": %{y:.3f}<extra></extra>"))
+        fig.add_trace(go.Scatter(x=[base[task_b]], y=[base[task_a]], mode="markers", name="start: finetuned on A",
+                                 marker=dict(symbol="star", size=17, color="#777"),
+                                 hovertemplate=f"finetuned on {task_a}, before {task_b}<br>{hover}<extra></extra>"))
+    ranks = [int(r) for r in points.r.dropna()]
+    for row in points.itertuples():
+        if row.method == "full":
+            name, marker = "full finetuning", dict(symbol="square", size=14, color="#333")
+        else:
+            # Darker orange for higher ranks, on a log scale from the lowest to the highest rank shown.
+            position = np.log2(row.r / min(ranks)) / max(1.0, np.log2(max(ranks) / min(ranks)))
+            name = f"LoRA r={row.r}"
+            marker = dict(size=13, color=ORANGES[round(position * (len(ORANGES) - 1))],
+                          line=dict(color="#333", width=1))
+        fig.add_trace(go.Scatter(x=[row.acc_b], y=[row.acc_a], mode="markers", name=name, marker=marker,
+                                 hovertemplate=f"{name} ({row.trainable:,} trainable)<br>{hover}<extra></extra>"))
     fig.add_hline(y=0.5, line=dict(color="#999", dash="dot", width=1))
     fig.add_vline(x=0.5, line=dict(color="#999", dash="dot", width=1))
     fig = _layout(fig, f"Learned on B against kept on A (A: {task_a}, B: {task_b})",

@@ -174,10 +174,11 @@ def summary_table(progresses: list[ExperimentProgress], tasks: list[str], key: s
     a, b = tasks
     st.dataframe(table.drop(columns=["run"]), key=f"{key}-summary", hide_index=True, width="stretch",
                  column_config={
-                     "strategy": st.column_config.TextColumn("Strategy", width="medium"),
+                     "strategy": st.column_config.TextColumn("Strategy", width="large"),
                      "status": st.column_config.TextColumn("Status", width="small"),
-                     "a_after_a": st.column_config.NumberColumn("A after A", format="%.3f", width="small",
-                                                                help=f"accuracy on {a} when the first phase with A ends"),
+                     "a_after_a": st.column_config.NumberColumn(
+                         "A after A", format="%.3f", width="small",
+                         help=f"accuracy on {a} when the first phase with A ends"),
                      "a_final": st.column_config.NumberColumn("A at end", format="%.3f", width="small"),
                      "lost_a": st.column_config.NumberColumn("Lost on A", format="%.3f", width="small",
                                                              help="A after A minus A at the end"),
