@@ -224,3 +224,16 @@ def test_live_set_shows_progress_then_matrix(home):
     curves = chart_by_title(at, "Each adapter's validation accuracy")
     assert [len(trace["x"]) for trace in curves["data"]] == [3, 3]
     assert chart_by_title(at, MATRIX_TITLE)["data"][0]["y"][-1] == "base (no adapter)"
+
+
+def test_chosen_set_survives_page_switch(home):
+    store = RunStore(home)
+    older = run_job(store, "adapters", {"tasks": ["sum_high", "middle_high"], "train": TINY})
+    run_job(store, "adapters", {"tasks": TASKS, "train": TINY})
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at.switch_page("pages/adapters.py").run()
+    at.selectbox(key="adapters_set").set_value(older).run()
+    at.switch_page("pages/train.py").run()
+    at.switch_page("pages/adapters.py").run()
+    assert not at.exception
+    assert at.selectbox(key="adapters_set").value == older

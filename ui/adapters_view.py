@@ -84,6 +84,7 @@ def pick_set(store: RunStore) -> Run | None:
     if st.session_state.get(SET_KEY) not in by_id:
         st.session_state.pop(SET_KEY, None)  # deleted, or from another data directory: fall back to the newest
     chosen = st.selectbox("Adapter set", list(by_id), format_func=lambda i: set_label(by_id[i]), key=SET_KEY,
+                          persist_state="session",
                           help="Every adapters run, newest first. Finished sets are loaded from their saved files, so "
                                "they come back after a refresh or a restart.")
     return by_id[chosen]

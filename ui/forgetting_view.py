@@ -106,6 +106,7 @@ def pick_group(store: RunStore) -> list[Run]:
     if st.session_state.get(GROUP_KEY) not in groups:
         st.session_state.pop(GROUP_KEY, None)
     chosen = st.selectbox("Comparison", list(groups), format_func=lambda g: group_label(groups[g]), key=GROUP_KEY,
+                          persist_state="session",
                           help="Each press of Run queues one comparison; the newest is shown first")
     return groups[chosen]
 
@@ -223,7 +224,7 @@ def pick_learns_less(store: RunStore) -> Run | None:
     by_id = {run.id: run for run in runs}
     if st.session_state.get(LEARNS_LESS_KEY) not in by_id:
         st.session_state.pop(LEARNS_LESS_KEY, None)
-    chosen = st.selectbox("Study", list(by_id), key=LEARNS_LESS_KEY,
+    chosen = st.selectbox("Study", list(by_id), key=LEARNS_LESS_KEY, persist_state="session",
                           format_func=lambda i: f"{i} · {by_id[i].config.get('task_a')} → "
                                                 f"{by_id[i].config.get('task_b')} · {by_id[i].status}")
     return by_id[chosen]
