@@ -48,6 +48,13 @@ def test_cross_evaluation_off_diagonal_chance(lab):
         assert CHANCE[0] <= acc <= CHANCE[1], pair
 
 
+def test_cross_evaluation_default_figures(lab):
+    # The Adapters page's default set, as the README quotes it.
+    matrix = lab["adapters"]["matrix"]
+    rounded = [[round(acc, 3) for acc in row] for row in matrix["acc"]]
+    assert rounded[:2] == [[0.984, 0.521], [0.506, 0.971]]
+
+
 def test_cross_evaluation_has_base_row(lab):
     matrix = lab["adapters"]["matrix"]
     assert matrix["adapters"][-1] is None
@@ -71,7 +78,8 @@ def test_sequential_matches_notebook(lab, phase, task, notebook):
 def test_sequential_a_after_b_near_notebook(lab):
     # NOTE: the notebook prints 0.490 (251 of 512), and this run keeps 252 of 512 (0.492) after 12 epochs on B.
     # Float rounding on another machine explains a one-example drift. Every other figure matches.
-    assert abs(lab["forgetting"]["after_b"]["odd_majority"] - 0.490) <= 1 / 512 + 1e-9
+    correct = round(lab["forgetting"]["after_b"]["odd_majority"] * 512)
+    assert abs(correct - 251) <= 1
 
 
 def test_joint_learns_both(lab):
