@@ -1,5 +1,7 @@
 """The Adapters and Forgetting pages in a real headless Chromium: the heatmap and the timelines draw their data."""
 
+import re
+
 import pytest
 
 from browser_support import chromium_page, require_chromium, screenshot, streamlit_server, wait_until
@@ -57,7 +59,7 @@ def test_heatmap_and_timeline_render(home):
         for row in matrix["acc"]:
             for value in row:
                 assert f"{value:.3f}" in texts
-        page.get_by_text("Swapping adapters took").wait_for(timeout=30_000)
+        page.get_by_text("A swap took").wait_for(timeout=30_000)
         mix = wait_until(page, lambda: (i := plot_index(page, "Mixing odd_majority")) >= 0 and i + 1,
                          timeout=60, message="the mixing chart") - 1
         assert trace_lengths(page, mix)[0::2] == [11, 11]
@@ -78,8 +80,11 @@ def test_heatmap_and_timeline_render(home):
         points = len([e for _, e in store.events(live, types=("eval",))]) // 2
         wait_until(page, lambda: trace_lengths(page, timeline) == [points, points], timeout=30,
                    message="every evaluation on the chart")
-        page.get_by_role("button", name="Stop this comparison").wait_for(state="detached", timeout=30_000)
-        timeline = plot_index(page, "Validation accuracy on each task")  # the page redrew once the run ended
+        # Once the run ends the page reruns, and the picker's label says so.
+        page.get_by_text(re.compile(r"sequential · finished")).wait_for(timeout=30_000)
+        wait_until(page, lambda: page.get_by_text("Layout", exact=True).count() == 1, timeout=30,
+                   message="the rerun to replace the live view's widgets")
+        timeline = plot_index(page, "Validation accuracy on each task")
         assert trace_lengths(page, timeline) == [points, points]
         texts = svg_texts(page, timeline)
         assert "phase A" in texts

@@ -173,7 +173,7 @@ def timeline_view(store: RunStore, runs: list[Run], key: str) -> None:
 def summary_table(progresses: list[ExperimentProgress], tasks: list[str], key: str) -> None:
     table = forgetting_table(progresses)
     a, b = tasks
-    st.dataframe(table.drop(columns=["run"]), key=f"{key}-summary", hide_index=True, width="stretch",
+    st.dataframe(table.drop(columns=["run"]), key=f"{key}-summary", hide_index=True, width="stretch", placeholder="–",
                  column_config={
                      "strategy": st.column_config.TextColumn("Strategy", width="large"),
                      "status": st.column_config.TextColumn("Status", width="small"),
