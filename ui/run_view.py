@@ -98,6 +98,18 @@ def _charts(p: RunProgress, key: str) -> None:
                        config={"displayModeBar": False})
 
 
+def empty_charts(key: str) -> None:
+    """Draw the run view's two charts with no points yet.
+
+    Besides showing what a run will draw, this makes the browser load Plotly's JavaScript (a few MB) with the
+    page, so the first point of a run appears as soon as it exists instead of after that one-time load.
+    """
+    left, right = st.columns(2)
+    left.plotly_chart(loss_chart({"train": ([], [])}), key=f"{key}-empty-loss", config={"displayModeBar": False})
+    right.plotly_chart(accuracy_chart({"validation": ([], [])}), key=f"{key}-empty-acc",
+                       config={"displayModeBar": False})
+
+
 def live_run_view(store: RunStore, run_id: str, key: str = "run") -> RunProgress | None:
     """Draw a run and keep it updating while it is queued or running; return its progress at draw time."""
     cache_key = f"_progress_{key}"
