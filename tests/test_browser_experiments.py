@@ -1,7 +1,5 @@
 """The Adapters and Forgetting pages in a real headless Chromium: the heatmap and the timelines draw their data."""
 
-import re
-
 import pytest
 
 from browser_support import chromium_page, require_chromium, screenshot, streamlit_server, wait_until
@@ -80,10 +78,9 @@ def test_heatmap_and_timeline_render(home):
         points = len([e for _, e in store.events(live, types=("eval",))]) // 2
         wait_until(page, lambda: trace_lengths(page, timeline) == [points, points], timeout=30,
                    message="every evaluation on the chart")
-        # Once the run ends the page reruns, and the picker's label says so.
-        page.get_by_text(re.compile(r"sequential · finished")).wait_for(timeout=30_000)
-        wait_until(page, lambda: page.get_by_text("Layout", exact=True).count() == 1, timeout=30,
-                   message="the rerun to replace the live view's widgets")
+        # Once the run ends the progress bar goes and the page reruns without the live refresh.
+        wait_until(page, lambda: page.locator('[data-testid="stProgress"]').count() == 0, timeout=30,
+                   message="the progress bar to go")
         timeline = plot_index(page, "Validation accuracy on each task")
         assert trace_lengths(page, timeline) == [points, points]
         texts = svg_texts(page, timeline)

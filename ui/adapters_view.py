@@ -72,7 +72,8 @@ def set_label(run: Run) -> str:
     tasks = ", ".join(run.config.get("tasks", []))
     lora = run.config.get("lora", {})
     quant = run.config.get("quant") or "float32"
-    return f"{run.id} · {tasks} · r={lora.get('r')} · {quant} · {run.status}"
+    # No status here: Streamlit 1.67 keeps a selectbox's old label when only the formatted text changes.
+    return f"{run.id} · {tasks} · r={lora.get('r')} · {quant}"
 
 
 def pick_set(store: RunStore) -> Run | None:

@@ -93,10 +93,11 @@ def forgetting_groups(store: RunStore) -> "OrderedDict[str, list[Run]]":
 
 
 def group_label(runs: list[Run]) -> str:
+    """Name a comparison by what never changes: Streamlit 1.67 keeps showing a selectbox's old label when only
+    the formatted text changes, so a status in the label would stay "running" after the runs end."""
     config = runs[0].config
-    statuses = sorted({run.status for run in runs})
     return (f"{runs[0].id[:15]} · {config.get('task_a')} → {config.get('task_b')} · "
-            f"{', '.join(run.config.get('strategy', '?') for run in runs)} · {'/'.join(statuses)}")
+            f"{', '.join(run.config.get('strategy', '?') for run in runs)}")
 
 
 def pick_group(store: RunStore) -> list[Run]:
@@ -226,7 +227,7 @@ def pick_learns_less(store: RunStore) -> Run | None:
         st.session_state.pop(LEARNS_LESS_KEY, None)
     chosen = st.selectbox("Study", list(by_id), key=LEARNS_LESS_KEY, persist_state="session",
                           format_func=lambda i: f"{i} · {by_id[i].config.get('task_a')} → "
-                                                f"{by_id[i].config.get('task_b')} · {by_id[i].status}")
+                                                f"{by_id[i].config.get('task_b')}")
     return by_id[chosen]
 
 
