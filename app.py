@@ -9,6 +9,8 @@ st.set_page_config(page_title="tinylora", page_icon=":material/model_training:",
 pages = [
     st.Page("pages/train.py", title="Train", icon=":material/play_circle:", default=True),
     st.Page("pages/runs.py", title="Runs", icon=":material/table_rows:"),
+    st.Page("pages/adapters.py", title="Adapters", icon=":material/extension:"),
+    st.Page("pages/forgetting.py", title="Forgetting", icon=":material/timeline:"),
     st.Page("pages/quantization.py", title="Quantization lab", icon=":material/grain:"),
     st.Page("pages/parameters.py", title="Parameters and memory", icon=":material/memory:"),
     st.Page("pages/sweep.py", title="Sweep", icon=":material/grid_on:"),

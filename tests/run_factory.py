@@ -34,3 +34,27 @@ def add_run(store: RunStore, config: RunConfig | None = None, losses: list[float
     store.append_events(run_id, events + [end], summary={k: v for k, v in end.items() if k != "type"})
     store.finish_run(run_id, status, end["message"], final_acc, end["seconds"])
     return run_id
+
+
+def run_job(store: RunStore, kind: str, params: dict, group_id: str = "") -> str:
+    """Run a job of `kind` to its end in this process, as a worker would, and return its run id.
+
+    The job's real generator runs against the real store (validation, events, summary, files in its run
+    directory). Only the forked worker and its heartbeat thread are left out.
+    """
+    import importlib
+
+    from tinylora import jobs
+
+    module, name = jobs.JOB_KINDS[kind].split(":")
+    job = getattr(importlib.import_module(module), name)
+    params = jobs.validate_job(kind, params)
+    run_id = store.create_run(kind, params, group_id=group_id)
+    claimed = store.claim_next(os.getpid())
+    assert claimed is not None and claimed.id == run_id, "another queued run was claimed first"
+    run_dir = store.run_dir(run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    context = jobs.JobContext(run_id, store, run_dir, lambda: False)
+    code = jobs.record_events(store, run_id, kind, lambda: job(params, context))
+    assert code == 0, store.get_run(run_id).message
+    return run_id

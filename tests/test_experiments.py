@@ -13,8 +13,8 @@ from tinylora.config import RunConfig, TrainConfig
 from tinylora.experiments import (ADAPTERS_DIR, AdaptersSpec, adapters_job, build_adapter_model, cross_evaluate,
                                   make_task_data, run_adapters, train_phase, validate_adapters_params)
 from tinylora.forgetting import (STRATEGIES, ForgettingSpec, LearnsLessSpec, default_params, forgetting_job,
-                                 learns_less_job, run_forgetting, run_learns_less, validate_forgetting_params,
-                                 validate_learns_less_params)
+                                 learns_less_job, run_forgetting, run_learns_less, task_evaluator,
+                                 validate_forgetting_params, validate_learns_less_params)
 from tinylora.lora import LoRAConfig
 from tinylora.training import evaluate, prepare_run
 
@@ -295,3 +295,33 @@ def test_validated_params_round_trip(validate, spec, params):
     assert json.loads(json.dumps(normalised)) == normalised
     assert validate(normalised) == normalised
     assert spec.from_params(normalised) == spec.from_params(params)
+
+
+def test_task_evaluator_uses_original_head():
+    model = build_adapter_model(0)
+    model.add_adapter("b", LoRAConfig())  # lora_B = 0: the body is the base's
+    with torch.no_grad():
+        model.head.modules_to_save["b"].weight.mul_(-1)  # B's head flips every prediction
+        model.head.modules_to_save["b"].bias.mul_(-1)
+    data = make_task_data(TASKS, TrainConfig(**TINY_TRAIN))
+    val = {task: data[task][1] for task in TASKS}
+    results = task_evaluator(model, val, original_head_task="odd_majority")()
+    with model.disable_adapter():
+        plain = {task: evaluate(model, v)[0] for task, v in val.items()}
+    assert results["odd_majority"][0] == plain["odd_majority"]
+    assert results["first_lt_last"][0] == pytest.approx(1 - plain["first_lt_last"])
+    assert model.head.active_adapter == "b"
+
+
+@pytest.mark.parametrize("separate_heads", [True, False])
+def test_learns_less_full_run_keeps_a_head(separate_heads):
+    params = {"ranks": [], "base_epochs": 1, "epochs": 1, "eval_every": 0, "train": TINY_TRAIN,
+              "separate_heads": separate_heads}
+    point = next(e for e in collect(run_learns_less(params)) if e["type"] == "point")
+    assert point["trainable"] == 202114  # with separate heads: B's head trains and A's stays frozen
+
+
+def test_learns_less_default_lr():
+    spec = LearnsLessSpec.from_params({"train": {"n_train": 64}})
+    assert spec.train.lr == 1e-3
+    assert spec.separate_heads

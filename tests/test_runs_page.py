@@ -9,7 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, wait_for
-from run_factory import add_run
+from run_factory import add_run, run_job
 from tinylora.adapter_files import save_adapter, zip_adapter
 from tinylora.config import RunConfig, TrainConfig
 from tinylora.lora import LoRAConfig
@@ -183,13 +183,17 @@ def test_open_settings_in_train(two_runs):
     assert at.text_input(key="train_lr").value == "0.001"
 
 
-def test_adapters_button_waits_for_the_adapters_page(two_runs):
+def test_adapters_button_needs_an_adapter(store, two_runs):
     at = select(runs_page(), [two_runs[0]])
     button = at.button(key="runs_open_adapters")
-    if (ROOT / "pages" / "adapters.py").exists():
-        pytest.skip("the Adapters page exists; its button is enabled")
     assert button.disabled
-    assert "not part of this app yet" in button.help
+    assert f"Run {two_runs[0]} has no adapter to open" in button.help
+    config = RunConfig()
+    save_adapter(build_model(config), store.run_dir(two_runs[0]) / "adapter", config.lora)
+    at.run()
+    button = at.button(key="runs_open_adapters")
+    assert not button.disabled
+    assert "Open this run's adapter on the Adapters page" in button.help
 
 
 def test_weights_download_offers_the_adapter_zip(store, two_runs):
@@ -279,3 +283,15 @@ def test_corrupt_database_gives_a_message_on_every_page(home, corrupt):
         errors = " ".join(e.value for e in at.error)
         assert "runs.db" in errors, (path, errors)
         assert "move it aside" in errors or "move the file aside" in errors, (path, errors)
+
+
+def test_experiment_runs_are_listed_and_comparable(store):
+    tiny = {"n_train": 32, "n_val": 32, "batch_size": 16}
+    ids = [run_job(store, "adapters", {"train": {**tiny, "epochs": 1}}),
+           run_job(store, "forgetting", {"epochs_a": 1, "epochs_b": 1, "eval_every": 0, "train": tiny}),
+           run_job(store, "learns_less", {"ranks": [1], "base_epochs": 1, "epochs": 1, "eval_every": 0,
+                                          "train": tiny})]
+    at = select(runs_page(), ids)
+    assert not at.exception, [e.message for e in at.exception]
+    assert set(table(at)["kind"]) == {"adapters", "forgetting", "learns_less"}
+    assert at.button(key="runs_open_train").disabled

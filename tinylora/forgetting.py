@@ -32,8 +32,17 @@ reports, per run, the accuracy learned on B and the accuracy kept on A. Its even
 `steps_total`), `run` (`run`, `method`, `r`), the `step` and `eval` events above with `phase` set to "base"
 or the run's name and steps counted from 0 in each, `point` (`run`, `method`, `r`, `trainable`, `acc_b`,
 `acc_a`, `seconds`) and `end` with `summary` {`base`: {task: accuracy}, `points`: [...]}.
+
+In the paper the model keeps one output layer, and its input shows which domain a prompt belongs to. Here A
+and B label the same inputs by unrelated rules. With one shared head, a model that predicts B's labels well
+must predict A's at chance, so the scatter would trace that constraint instead of forgetting. By default
+every run on B therefore trains its own head (PEFT's `modules_to_save`, starting as a copy of A's) and A is
+evaluated with A's head, which stays frozen, on the body the run changed. What A loses is then what the
+finetuned body forgot. Every phase uses one learning rate, 1e-3 by default, the full-finetuning rate of
+`tinylora.checkpoints.BaseRecipe`, so the methods differ only in what they train.
 """
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -44,7 +53,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .adapters import AdapterModel
+from .adapters import AdapterModel, ModulesToSaveWrapper
 from .config import RunConfig, TrainConfig
 from .experiments import (build_adapter_model, concat_data, evaluation_events, json_params, make_task_data,
                           spec_from_params, train_phase)
@@ -280,6 +289,13 @@ def forgetting_summary(spec: ForgettingSpec, phases: list[Phase], checkpoints: l
 # LoRA learns less and forgets less
 
 @dataclass(frozen=True)
+class LearnsLessTraining(TrainingSettings):
+    """Training settings of the learns-less study: the same for every phase, full finetuning's learning rate."""
+
+    lr: float = 1e-3
+
+
+@dataclass(frozen=True)
 class LearnsLessSpec:
     """From a model fully finetuned on A, finetune on B with full finetuning and with LoRA at several ranks."""
 
@@ -291,14 +307,15 @@ class LearnsLessSpec:
     full: bool = True  # also finetune every weight on B
     target_modules: tuple[str, ...] = ("qkv", "proj")
     scaling: float = 2.0  # lora_alpha = scaling * r (the notebook's 8 / 4), the same for every rank
-    task_ids: bool = False  # tag [CLS] with the task id (A: 0, B: 1), so that keeping A while learning B is possible
+    separate_heads: bool = True  # each run on B trains its own head and A is evaluated with A's frozen head
+    task_ids: bool = False  # tag [CLS] with the task id (A: 0, B: 1), another way to let a model keep both
     eval_every: int = 16  # steps between evaluations within a run; 0: only at its end
-    train: TrainingSettings = field(default_factory=TrainingSettings)
+    train: LearnsLessTraining = field(default_factory=LearnsLessTraining)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "LearnsLessSpec":
         """Build and validate a spec from JSON-style params; missing keys take the defaults."""
-        return spec_from_params(cls, params, {"lora": LoRAConfig, "train": TrainingSettings}).validate()
+        return spec_from_params(cls, params, {"train": LearnsLessTraining}).validate()
 
     def to_params(self) -> dict[str, Any]:
         return json_params(self)
@@ -350,7 +367,7 @@ def run_learns_less(params: Mapping[str, Any], should_stop: Callable[[], bool] =
     model = TinyClassifier(model_config)
     yield {"type": "run", "run": "base", "method": "full", "r": None}
     end, base_acc = yield from train_phase(model, "base", data[a][0], spec.train.phase_config(spec.base_epochs),
-                                           _evaluator(model, val_sets), spec.eval_every, 0, start, should_stop)
+                                           task_evaluator(model, val_sets), spec.eval_every, 0, start, should_stop)
     finetuned = {k: v.clone() for k, v in model.state_dict().items()}
     points, status, message = [], end["status"], f"finetuned on {a}, then ran {len(runs)} run(s) on {b}"
     if status != "finished":
@@ -362,12 +379,18 @@ def run_learns_less(params: Mapping[str, Any], should_stop: Callable[[], bool] =
         model = TinyClassifier(model_config)
         model.load_state_dict(finetuned)
         if method == "lora":
-            model = AdapterModel(model)
+            model = AdapterModel(model)  # the adapter's head is B's; the wrapped base head stays A's
             model.add_adapter("b", spec.lora_config(r), task=b)
+        elif spec.separate_heads:
+            model.head = ModulesToSaveWrapper(model.head)
+            model.head.original_module.requires_grad_(False)
+            model.head.add_adapter("b")
+            model.head.set_adapter("b")
         yield {"type": "run", "run": name, "method": method, "r": r}
         trainable = count_parameters(model, trainable_only=True)
+        evaluator = task_evaluator(model, val_sets, a if spec.separate_heads else None)
         end, acc = yield from train_phase(model, name, data[b][0], spec.train.phase_config(spec.epochs),
-                                          _evaluator(model, val_sets), spec.eval_every, 0, start, should_stop)
+                                          evaluator, spec.eval_every, 0, start, should_stop)
         if end["status"] != "finished":
             status, message = end["status"], f"{name}: {end['message']}"
             break
@@ -390,8 +413,34 @@ def validate_learns_less_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return LearnsLessSpec.from_params(params).to_params()
 
 
-def _evaluator(model: nn.Module, val_sets: Mapping[str, Data]) -> Callable[[], dict[str, tuple[float, float]]]:
-    return lambda: {task: evaluate(model, val) for task, val in val_sets.items()}
+def task_evaluator(model: nn.Module, val_sets: Mapping[str, Data],
+                   original_head_task: str | None = None) -> Callable[[], dict[str, tuple[float, float]]]:
+    """Evaluate every task; `original_head_task` is evaluated through the head the model started with."""
+    def evaluator() -> dict[str, tuple[float, float]]:
+        results = {}
+        for task, val in val_sets.items():
+            with original_head(model) if task == original_head_task else contextlib.nullcontext():
+                results[task] = evaluate(model, val)
+        return results
+    return evaluator
+
+
+@contextlib.contextmanager
+def original_head(model: nn.Module) -> Iterator[None]:
+    """Route the forward pass through the original head inside the block; the LoRA layers stay as they are.
+
+    A model whose head is not a `ModulesToSaveWrapper` has only one head and is left as it is.
+    """
+    head = model.head
+    if not isinstance(head, ModulesToSaveWrapper):
+        yield
+        return
+    active = head.active_adapter
+    head.set_adapter(None)
+    try:
+        yield
+    finally:
+        head.set_adapter(active)
 
 
 def _check_tasks(task_a: str, task_b: str) -> None:

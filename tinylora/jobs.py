@@ -39,6 +39,9 @@ JOB_KINDS = {
     "absorb": "tinylora.jobs:absorb_job",
     "upload": "tinylora.uploads:upload_job",
     "sweep": "tinylora.sweep_jobs:sweep_job",
+    "adapters": "tinylora.experiments:adapters_job",
+    "forgetting": "tinylora.forgetting:forgetting_job",
+    "learns_less": "tinylora.forgetting:learns_less_job",
 }
 COORDINATOR_KINDS = ("sweep",)  # kinds that start other runs and train nothing themselves
 
@@ -174,6 +177,15 @@ def validate_job(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     if kind == "sweep":
         from .sweep import validate_sweep_job
         return validate_sweep_job(params)
+    if kind == "adapters":
+        from .experiments import validate_adapters_params
+        return validate_adapters_params(params)
+    if kind == "forgetting":
+        from .forgetting import validate_forgetting_params
+        return validate_forgetting_params(params)
+    if kind == "learns_less":
+        from .forgetting import validate_learns_less_params
+        return validate_learns_less_params(params)
     return params
 
 

@@ -68,8 +68,9 @@ def read_progress(store: RunStore, run_id: str, previous: RunProgress | None = N
         progress.last_seq = seq
         kind = event["type"]
         if kind == "start":
-            progress.trainable, progress.total = event["trainable"], event["total"]
-            progress.steps_total = event["steps_total"]
+            # Experiment kinds (forgetting, learns_less) start without parameter counts.
+            progress.trainable, progress.total = event.get("trainable"), event.get("total")
+            progress.steps_total = event.get("steps_total")
         elif kind == "step":
             progress.steps.append(event["step"])
             progress.losses.append(event["train/loss"])
@@ -78,7 +79,7 @@ def read_progress(store: RunStore, run_id: str, previous: RunProgress | None = N
             progress.status_message = event["message"]
         elif kind == "eval":
             progress.eval_steps.append(event["step"])
-            progress.eval_epochs.append(event["epoch"])
+            progress.eval_epochs.append(event.get("epoch"))  # None for the experiments' per-task evaluations
             progress.eval_accs.append(event["val/acc"])
             progress.seconds = max(progress.seconds, event["seconds"])
     return progress
