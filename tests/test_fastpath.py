@@ -124,7 +124,7 @@ def test_unknown_mode_raises():
 
 
 def test_fast_modes_listed():
-    assert FAST_MODES == ("auto", "fused", "off")
+    assert FAST_MODES == ("auto", "fused", "bf16", "off")
 
 
 def test_default_lora_run_keeps_reference_log():
