@@ -30,48 +30,55 @@ def render(results: dict) -> str:
     lines.append("")
 
     if "throughput" in results:
-        t = results["throughput"]
+        options = results["provenance"]["throughput"]["options"]
         lines += ["### Training throughput", "",
-                  f"Default configuration per method, {results['provenance']['throughput']['options']['epochs']} "
-                  f"epochs, {results['provenance']['throughput']['options']['reps']} interleaved repetitions. "
-                  "Cells give the median and, in brackets, "
-                  "the minimum and maximum over repetitions. A step is forward, backward and optimizer update; "
-                  "a run adds the per-epoch evaluations.", "",
-                  "| method | implementation | ms per step | steps per second | step speed-up | seconds per run "
-                  "| run speed-up |",
-                  "|---|---|---|---|---|---|---|"]
-        for method, entry in t.items():
-            for contender, e in entry.items():
-                lines.append(f"| {method} | {contender} | {_range(e['step_ms'], '{:.1f}')} | "
-                             f"{_range(e['steps_per_second'], '{:.1f}')} | {_range(e['speedup_steps'])}x | "
-                             f"{_range(e['run_seconds'])} | {_range(e['speedup_run'])}x |")
-        lines += ["", "Per-epoch validation accuracies of the first repetition (every repetition is seeded alike):", ""]
-        for method, entry in t.items():
+                  f"Default configuration per method, {options['epochs']} epochs, {options['reps']} interleaved "
+                  "repetitions, at each thread count (the reference runs at the same count as tinylora). Cells "
+                  "give the median and, in brackets, the minimum and maximum over repetitions. A step is forward, "
+                  "backward and optimizer update; a run adds the per-epoch evaluations.", ""]
+        for threads, by_method in results["throughput"].items():
+            lines += [f"#### {threads} thread{'s' if threads != '1' else ''}", "",
+                      "| method | implementation | ms per step | steps per second | step speed-up | seconds per run "
+                      "| run speed-up |",
+                      "|---|---|---|---|---|---|---|"]
+            for method, entry in by_method.items():
+                for contender, e in entry.items():
+                    lines.append(f"| {method} | {contender} | {_range(e['step_ms'], '{:.1f}')} | "
+                                 f"{_range(e['steps_per_second'], '{:.1f}')} | {_range(e['speedup_steps'])}x | "
+                                 f"{_range(e['run_seconds'])} | {_range(e['speedup_run'])}x |")
+            lines.append("")
+        first = next(iter(results["throughput"]))
+        lines += [f"Per-epoch validation accuracies of the first repetition at {first} thread(s) (every "
+                  "repetition is seeded alike):", ""]
+        for method, entry in results["throughput"][first].items():
             for contender, e in entry.items():
                 accs = " ".join(f"{a:.3f}" for a in e["accuracies"])
                 lines.append(f"- {method}, {contender}: {accs}; final training loss {e['final_loss']:.6f}")
         lines.append("")
 
     if "peak" in results:
-        p = results["peak"]
         lines += ["### Fraction of the matrix-multiply limit", "",
                   "Float32 matmul throughput measured in this run (median GFLOP/s):", ""]
-        for label, entry in p.items():
-            if isinstance(entry, dict):
-                lines.append(f"- float32 {label}: " + ", ".join(f"{k} {v:.0f}" for k, v in entry.items()))
-        lines += [f"- peak used below: {p['peak_gflops']:.0f} GFLOP/s",
-                  f"- for comparison, bfloat16 2048x2048x2048 through torch.mm: {p['bfloat16_2048_gflops']:.0f} "
-                  "GFLOP/s", ""]
+        for threads, p in results["peak"].items():
+            for label, entry in p.items():
+                if isinstance(entry, dict):
+                    lines.append(f"- {threads} thread(s), float32 {label}: "
+                                 + ", ".join(f"{k} {v:.0f}" for k, v in entry.items()))
+            lines += [f"- {threads} thread(s), peak used below: {p['peak_gflops']:.0f} GFLOP/s; for comparison, "
+                      f"bfloat16 2048x2048x2048 through torch.mm: {p['bfloat16_2048_gflops']:.0f} GFLOP/s"]
+        lines.append("")
     if "fraction" in results:
         lines += ["Operations per step are counted from the model's shapes by `tinylora.flops` (matmuls and "
-                  "attention, forward and backward). The floor is that count at the peak.", "",
-                  "| method | GFLOP per step | floor ms | implementation | achieved GFLOP/s | fraction of peak |",
-                  "|---|---|---|---|---|---|"]
-        for method, entry in results["fraction"].items():
-            for contender, e in entry.items():
-                if isinstance(e, dict):
-                    lines.append(f"| {method} | {entry['gflop_per_step']:.3f} | {entry['floor_ms']:.1f} | "
-                                 f"{contender} | {e['gflops']:.0f} | {100 * e['fraction']:.0f}% |")
+                  "attention, forward and backward). The floor is that count at the peak of the same thread count.",
+                  "", "| threads | method | GFLOP per step | floor ms | implementation | achieved GFLOP/s "
+                  "| fraction of peak |", "|---|---|---|---|---|---|---|"]
+        for threads, by_method in results["fraction"].items():
+            for method, entry in by_method.items():
+                for contender, e in entry.items():
+                    if isinstance(e, dict):
+                        lines.append(f"| {threads} | {method} | {entry['gflop_per_step']:.3f} | "
+                                     f"{entry['floor_ms']:.1f} | {contender} | {e['gflops']:.0f} | "
+                                     f"{100 * e['fraction']:.0f}% |")
         lines.append("")
 
     if "profile" in results:
@@ -94,22 +101,27 @@ def render(results: dict) -> str:
                   "resident set size (Linux VmHWM); `growth while training` is the peak after importing torch "
                   "minus the resident size at that point (VmHWM reset then). A process that only imports torch "
                   f"and builds the model peaks at {_mib(idle['peak_rss_bytes'])}.", "",
-                  "| method | frozen base stored | of it, block linear weights | implementation | peak RSS "
-                  "| growth while training |",
-                  "|---|---|---|---|---|---|"]
+                  "`float32 copy` is the dequantized base that the fast path keeps while training a quantized "
+                  "base (`TrainConfig.cache_dequantized`).", "",
+                  "| method | frozen base stored | of it, block linear weights | float32 copy | implementation "
+                  "| peak RSS | growth while training |",
+                  "|---|---|---|---|---|---|---|"]
         for method, e in mem.items():
             if method == "idle":
                 continue
             for contender, p in e["processes"].items():
                 growth = "n/a" if "peak_during_bytes" not in p else _mib(p["peak_during_bytes"] - p["rss_before_bytes"])
+                copy = e.get("dequantized_copy_bytes", 0)
                 lines.append(f"| {method} | {e['frozen_bytes']:,} B | {e['frozen_linear_weight_bytes']:,} B | "
-                             f"{contender} | {_mib(p['peak_rss_bytes'])} | {growth} |")
+                             f"{copy:,} B | {contender} | {_mib(p['peak_rss_bytes'])} | {growth} |")
         lines.append("")
 
     if "accuracy" in results:
         lines += ["### Accuracy of each fast mode over five seeds", "",
                   "Final validation accuracy of the default configuration per seed. `same log` counts the seeds "
-                  "whose eight per-epoch accuracies equal those of `fast=off` at three decimals.", "",
+                  "whose eight per-epoch accuracies equal those of `fast=off` at three decimals. A row `off, N "
+                  "threads` is the eager path at another thread count: the reference's own arithmetic with only "
+                  "the order of some float sums changed.", "",
                   "| method | fast | accuracy per seed | mean | same log as off |", "|---|---|---|---|---|"]
         for method, by_mode in results["accuracy"].items():
             off = by_mode.get("off")

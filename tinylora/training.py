@@ -61,10 +61,12 @@ def train(model: nn.Module, train_data: Data, val_data: Data, config: TrainConfi
     n = len(x)
     steps_per_epoch = math.ceil(n / config.batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
-    # The fast path computes the eager model's logits up to float rounding (see tinylora.fastpath). Foreach
-    # AdamW updates every parameter with a few batched operators and matches the default loop bit for bit.
-    forward = make_forward(model, config.fast)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+    # The fast path computes the eager model's logits up to float rounding (see tinylora.fastpath) and updates
+    # with fused AdamW, one kernel for all parameters, which also differs from the default loop in the last
+    # bits. The eager modules use foreach AdamW, which matches the default loop bit for bit.
+    forward = make_forward(model, config.fast, config.cache_dequantized)
+    fast = forward is not model
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, foreach=not fast, fused=fast)
     yield {"type": "start", "trainable": count_parameters(model, trainable_only=True),
            "total": count_parameters(model), "steps_total": steps_per_epoch * config.epochs}
 
