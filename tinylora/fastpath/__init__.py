@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from ..lora import LoRALinear
 from ..model import TinyClassifier
-from .allocator import keep_freed_memory
+from .allocator import keep_freed_memory  # noqa: F401  (re-exported for the training loop)
 from .stack import BlockSpec, Stack
 from .weights import DequantizedWeights, block_tensors
 
@@ -42,9 +42,6 @@ def make_forward(model: nn.Module, mode: str = "auto", cache_dequantized: bool =
     cover models other than `TinyClassifier`, custom layers, or LoRA dropout while training. With
     `cache_dequantized` (the default) a quantized base is dequantized once and the float32 copy reused while
     its stored codes are unchanged; without it, every forward pass dequantizes again, as the eager model does.
-
-    Using the fast path fixes glibc's allocation thresholds for the whole process (see
-    `tinylora.fastpath.allocator`), so that its steps reuse memory instead of faulting in fresh pages.
     """
     if mode not in FAST_MODES:
         raise ValueError(f"unknown fast mode {mode!r}; choose one of {', '.join(FAST_MODES)}")
@@ -52,7 +49,6 @@ def make_forward(model: nn.Module, mode: str = "auto", cache_dequantized: bool =
         return model
     if mode == "auto" and not any(isinstance(m, LoRALinear) for m in model.modules()):
         return model
-    keep_freed_memory()
     cache = DequantizedWeights() if cache_dequantized else None
     dtype = torch.bfloat16 if mode == "bf16" else torch.float32
     stacks: dict[tuple, Stack] = {}
