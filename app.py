@@ -11,6 +11,7 @@ pages = [
     st.Page("pages/runs.py", title="Runs", icon=":material/table_rows:"),
     st.Page("pages/quantization.py", title="Quantization lab", icon=":material/grain:"),
     st.Page("pages/parameters.py", title="Parameters and memory", icon=":material/memory:"),
+    st.Page("pages/sweep.py", title="Sweep", icon=":material/grid_on:"),
 ]
 try:
     st.navigation(pages).run()

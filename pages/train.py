@@ -7,7 +7,7 @@ from tinylora.config import RunConfig
 from tinylora.store import StoreError
 from ui.common import get_store, page_header, session_owner, start_runner
 from ui.controls import apply_config_to_widgets, run_config_controls
-from ui.run_view import live_run_view
+from ui.run_view import empty_charts, live_run_view
 
 store = get_store()
 start_runner(store)
@@ -76,3 +76,4 @@ else:
     st.info("Choose settings in the sidebar and press **Train**. The defaults are the reference notebook's LoRA run "
             "(r=4, lora_alpha=8 on qkv and proj, learning rate 5e-3, 8 epochs), which ends at validation accuracy "
             "0.984.", icon=":material/play_circle:")
+    empty_charts("train")

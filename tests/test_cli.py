@@ -44,3 +44,9 @@ def test_invalid_flags_exit_2_with_message():
     result = run_cli("train", "--targets", "")
     assert result.returncode == 2
     assert "LoRA needs at least one target module" in result.stderr
+
+
+def test_train_use_rslora_flag_sets_config():
+    result = run_cli("train", "--epochs", "1", "--r", "16", "--use-rslora", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["config"]["lora"]["use_rslora"] is True

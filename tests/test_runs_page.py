@@ -274,6 +274,8 @@ def test_corrupt_database_gives_a_message_on_every_page(home, corrupt):
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
         at.switch_page(path).run()
         assert not at.exception, (path, [e.message for e in at.exception])
+        if "get_store" not in (ROOT / path).read_text():
+            continue  # a page that never reads the run store has nothing to report about it
         errors = " ".join(e.value for e in at.error)
         assert "runs.db" in errors, (path, errors)
         assert "move it aside" in errors or "move the file aside" in errors, (path, errors)

@@ -8,6 +8,8 @@ import sys
 COMMANDS = {
     "train": "Train one run and print its per-epoch log (or --json).",
     "quant": "Quantize a base with each scheme and print error statistics, bytes and accuracy (or --json).",
+    "lab": "Run the reference notebook's experiments and print their tables (or --json).",
+    "sweep": "Run a hyperparameter sweep through the job runner (or a Ray cluster) and print its results.",
 }
 
 

@@ -10,6 +10,8 @@ checks for a stop request a few times a second and records the final status. Pag
 rerun, a page switch, a refresh or a server restart never stops or duplicates a run.
 
 A job kind is a generator function `fn(params: dict, ctx: JobContext) -> Iterator[dict]` named in `JOB_KINDS`.
+Kinds in `COORDINATOR_KINDS` (a sweep's dispatcher) only queue and watch other runs, so they start at once
+and take none of the `max_runs()` training slots.
 """
 
 import fcntl
@@ -21,7 +23,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,9 @@ JOB_KINDS = {
     "base": "tinylora.jobs:base_job",
     "absorb": "tinylora.jobs:absorb_job",
     "upload": "tinylora.uploads:upload_job",
+    "sweep": "tinylora.sweep_jobs:sweep_job",
 }
+COORDINATOR_KINDS = ("sweep",)  # kinds that start other runs and train nothing themselves
 
 FLUSH_SECONDS = 0.1  # how often a worker writes buffered events to the store
 STOP_POLL_SECONDS = 0.2  # how often a worker reads the stop flag
@@ -56,6 +60,11 @@ def max_runs() -> int:
             pass
         log.warning("ignoring TINYLORA_MAX_RUNS=%r: it must be a whole number >= 1", value)
     return max(1, os.cpu_count() or 1)
+
+
+def busy_slots(store: RunStore) -> int:
+    """Count the training slots in use on this machine (coordinator runs take none)."""
+    return store.count_running(exclude_kinds=COORDINATOR_KINDS)
 
 
 @dataclass
@@ -162,6 +171,9 @@ def validate_job(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     if kind == "upload":
         from .uploads import validate_upload_params
         return validate_upload_params(params)
+    if kind == "sweep":
+        from .sweep import validate_sweep_job
+        return validate_sweep_job(params)
     return params
 
 
@@ -238,13 +250,14 @@ def started_runner(home: Path) -> subprocess.Popen | None:
 
 
 class Runner:
-    """Starts queued runs in forked workers, at most `max_runs()` at a time, and reaps them."""
+    """Starts queued runs in forked workers, at most `max_runs()` training runs at a time, and reaps them."""
 
     def __init__(self, home: Path, idle_exit: float = 600.0, poll: float = 0.05):
         self.store = RunStore(home)
         self.idle_exit = idle_exit
         self.poll = poll
         self.children: dict[int, str] = {}  # worker pid -> run id
+        self.coordinators: set[int] = set()  # pids of the children that run a coordinator kind
         self.lock = None
 
     def acquire_lock(self) -> bool:
@@ -288,24 +301,31 @@ class Runner:
 
     def start_queued(self) -> bool:
         started = False
-        while self.store.count_running() < max_runs():
-            run = self.store.claim_next(os.getpid())
+        while (run := self.store.claim_next(os.getpid(), kinds=COORDINATOR_KINDS)) is not None:
+            self.coordinators.add(self._fork(run))
+            started = True
+        while busy_slots(self.store) < max_runs():
+            run = self.store.claim_next(os.getpid(), exclude_kinds=COORDINATOR_KINDS)
             if run is None:
                 break
-            pid = os.fork()
-            if pid == 0:
-                # The worker must not keep the runner's lock alive after the runner exits.
-                self.lock.close()
-                code = 1
-                try:
-                    code = execute(self.store, run.id, run.kind, run.config)
-                finally:
-                    os._exit(code)
-            self.store.set_pid(run.id, pid)
-            self.children[pid] = run.id
-            log.info("run %s started in worker %d", run.id, pid)
+            self._fork(run)
             started = True
         return started
+
+    def _fork(self, run) -> int:
+        pid = os.fork()
+        if pid == 0:
+            # The worker must not keep the runner's lock alive after the runner exits.
+            self.lock.close()
+            code = 1
+            try:
+                code = execute(self.store, run.id, run.kind, run.config)
+            finally:
+                os._exit(code)
+        self.store.set_pid(run.id, pid)
+        self.children[pid] = run.id
+        log.info("run %s (%s) started in worker %d", run.id, run.kind, pid)
+        return pid
 
     def reap(self) -> None:
         for pid, run_id in list(self.children.items()):
@@ -313,6 +333,7 @@ class Runner:
             if not done:
                 continue
             del self.children[pid]
+            self.coordinators.discard(pid)
             if os.WIFSIGNALED(status):
                 reason = f"the worker process was killed by signal {os.WTERMSIG(status)}"
             else:
@@ -370,10 +391,26 @@ def execute(store: RunStore, run_id: str, kind: str, params: dict[str, Any]) -> 
                 log.error("run %s: heartbeat failed: %s", run_id, error)
 
     threading.Thread(target=heartbeat, daemon=True).start()
+    try:
+        return record_events(store, run_id, kind,
+                             lambda: _job_function(kind)(params, JobContext(run_id, store, run_dir, should_stop)))
+    finally:
+        beating.set()
+
+
+def record_events(store: RunStore, run_id: str, kind: str, make_events: Callable[[], Iterable[dict]],
+                  on_event: Callable[[dict], None] | None = None) -> int:
+    """Store the events of `make_events()` in small batches and the run's final status; return an exit code.
+
+    The "start" and "end" events' fields are merged into the run's summary, and the "end" event finishes
+    the run. An exception, raised while making or iterating the events, fails the run with its message.
+    """
     buffer: list[dict] = []
     last_flush = time.monotonic()
     try:
-        for event in _job_function(kind)(params, JobContext(run_id, store, run_dir, should_stop)):
+        for event in make_events():
+            if on_event is not None:
+                on_event(event)
             buffer.append(event)
             if event["type"] == "start":
                 store.append_events(run_id, buffer, summary={k: v for k, v in event.items() if k != "type"})
@@ -402,5 +439,3 @@ def execute(store: RunStore, run_id: str, kind: str, params: dict[str, Any]) -> 
             store.append_events(run_id, buffer)
         store.finish_run(run_id, "failed", f"{type(error).__name__}: {error}", only_if_active=True)
         return 1
-    finally:
-        beating.set()

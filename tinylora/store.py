@@ -5,6 +5,10 @@ timings and final metrics. Its events are the training loop's plain dicts in ord
 `runs/<id>/` under the data directory. Every call opens its own short-lived connection, so the store is safe
 to use from Streamlit's script threads, the runner and any number of worker processes at once. Every
 database problem, including a corrupt file or a row that is not valid JSON, raises `StoreError`.
+
+A run's `executor` names where it trains: "" (this machine's runner, which claims it from the queue) or the
+name of a remote executor such as "ray", whose dispatcher process starts it elsewhere and records its events
+here; the runner never claims those.
 """
 
 import json
@@ -46,9 +50,11 @@ CREATE TABLE IF NOT EXISTS runs (
     heartbeat REAL,
     stop_requested INTEGER NOT NULL DEFAULT 0,
     owner TEXT NOT NULL DEFAULT '',
-    group_id TEXT NOT NULL DEFAULT ''
+    group_id TEXT NOT NULL DEFAULT '',
+    executor TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status, created);
+CREATE INDEX IF NOT EXISTS runs_group ON runs(group_id);
 CREATE TABLE IF NOT EXISTS events (
     run_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -57,6 +63,13 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (run_id, seq)
 );
 """
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring a database written by an older tinylora up to SCHEMA's columns."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+    if columns and "executor" not in columns:
+        db.execute("ALTER TABLE runs ADD COLUMN executor TEXT NOT NULL DEFAULT ''")
 
 
 class StoreError(RuntimeError):
@@ -81,6 +94,7 @@ class Run:
     stop_requested: bool
     owner: str
     group_id: str
+    executor: str = ""  # "": this machine's runner; otherwise the remote executor that trains the run
 
     @property
     def active(self) -> bool:
@@ -137,6 +151,7 @@ class RunStore:
             self.home.mkdir(parents=True, exist_ok=True)
             with self._connect() as db:
                 db.execute("PRAGMA journal_mode=WAL")
+                _add_missing_columns(db)
                 db.executescript(SCHEMA)
         except (OSError, sqlite3.Error, StoreError) as error:
             cause = error.__cause__ if isinstance(error, StoreError) and error.__cause__ else error
@@ -160,26 +175,47 @@ class RunStore:
         finally:
             db.close()
 
+    def check(self) -> None:
+        """Read every page of the runs table once, so a corrupt table raises `StoreError` here and not mid-page."""
+        with self._connect() as db:
+            db.execute("SELECT COUNT(*), SUM(LENGTH(config)), SUM(LENGTH(summary)) FROM runs").fetchone()
+
     def run_dir(self, run_id: str) -> Path:
         return self.home / "runs" / check_run_id(run_id)
 
     # Writing runs
 
     def create_run(self, kind: str, config: dict[str, Any], owner: str = "", group_id: str = "",
-                   run_id: str | None = None) -> str:
-        """Insert a queued run and return its id: `run_id` when given (to write its files first), else a new one."""
+                   run_id: str | None = None, executor: str = "", pid: int | None = None) -> str:
+        """Insert a queued run and return its id: `run_id` when given (to write its files first), else a new one.
+
+        A remote `executor` passes the `pid` of its dispatcher process.
+        """
         run_id = new_run_id() if run_id is None else check_run_id(run_id)
+        now = time.time()
         with self._connect() as db:
-            db.execute("INSERT INTO runs (id, kind, created, config, status, owner, group_id) "
-                       "VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-                       (run_id, kind, time.time(), json.dumps(config), owner, group_id))
+            db.execute("INSERT INTO runs (id, kind, created, config, status, owner, group_id, executor, pid, heartbeat) "
+                       "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                       (run_id, kind, now, json.dumps(config), owner, group_id, executor, pid,
+                        now if pid is not None else None))
         return run_id
 
-    def claim_next(self, pid: int) -> Run | None:
-        """Mark the oldest queued run as running under `pid` and return it, or None when the queue is empty."""
+    def claim_next(self, pid: int, kinds: tuple[str, ...] = (), exclude_kinds: tuple[str, ...] = ()) -> Run | None:
+        """Mark the oldest queued local run as running under `pid` and return it, or None when none is queued.
+
+        `kinds` limits the claim to those job kinds and `exclude_kinds` skips those; runs of a remote executor
+        are never claimed.
+        """
+        query, args = "SELECT id FROM runs WHERE status = 'queued' AND executor = ''", []
+        if kinds:
+            query += f" AND kind IN ({','.join('?' * len(kinds))})"
+            args.extend(kinds)
+        if exclude_kinds:
+            query += f" AND kind NOT IN ({','.join('?' * len(exclude_kinds))})"
+            args.extend(exclude_kinds)
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            row = db.execute("SELECT id FROM runs WHERE status = 'queued' ORDER BY created, rowid LIMIT 1").fetchone()
+            row = db.execute(query + " ORDER BY created, rowid LIMIT 1", args).fetchone()
             if row is None:
                 db.execute("COMMIT")
                 return None
@@ -188,6 +224,13 @@ class RunStore:
                        (pid, now, now, row["id"]))
             db.execute("COMMIT")
         return self.get_run(row["id"])
+
+    def start_run(self, run_id: str, pid: int) -> bool:
+        """Mark a queued run as running under `pid`; return False when it is no longer queued (stopped meanwhile)."""
+        now = time.time()
+        with self._connect() as db:
+            return db.execute("UPDATE runs SET status = 'running', pid = ?, started = ?, heartbeat = ? "
+                              "WHERE id = ? AND status = 'queued'", (pid, now, now, run_id)).rowcount > 0
 
     def set_pid(self, run_id: str, pid: int) -> None:
         with self._connect() as db:
@@ -290,24 +333,34 @@ class RunStore:
         return [(seq, _loads(data, f"event {seq} of run {run_id}")) for seq, data in rows]
 
     def queue_position(self, run_id: str) -> int | None:
-        """Return 1 for the next queued run to start, 2 for the one after it, and None when not queued."""
+        """Return 1 for the next queued run of its executor to start, 2 for the one after it, None when not queued."""
         with self._connect() as db:
-            row = db.execute("SELECT created, status, rowid FROM runs WHERE id = ?", (run_id,)).fetchone()
+            row = db.execute("SELECT created, status, rowid, executor FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None or row["status"] != "queued":
                 return None
-            ahead = db.execute("SELECT COUNT(*) FROM runs WHERE status = 'queued' AND "
+            ahead = db.execute("SELECT COUNT(*) FROM runs WHERE status = 'queued' AND executor = ? AND "
                                "(created < ? OR (created = ? AND rowid < ?))",
-                               (row["created"], row["created"], row["rowid"])).fetchone()[0]
+                               (row["executor"], row["created"], row["created"], row["rowid"])).fetchone()[0]
         return ahead + 1
 
-    def count_running(self) -> int:
+    def count_running(self, exclude_kinds: tuple[str, ...] = ()) -> int:
+        """Count the runs running on this machine's runner, leaving out the job kinds in `exclude_kinds`."""
+        query, args = "SELECT COUNT(*) FROM runs WHERE status = 'running' AND executor = ''", []
+        if exclude_kinds:
+            query += f" AND kind NOT IN ({','.join('?' * len(exclude_kinds))})"
+            args.extend(exclude_kinds)
         with self._connect() as db:
-            return db.execute("SELECT COUNT(*) FROM runs WHERE status = 'running'").fetchone()[0]
+            return db.execute(query, args).fetchone()[0]
 
     def mark_interrupted(self, now: float | None = None) -> list[str]:
-        """Mark running runs whose worker process is gone as interrupted (see `worker_gone`); return their ids."""
+        """Mark runs whose process is gone as interrupted (see `worker_gone`); return their ids.
+
+        That covers running runs, and queued runs of a remote executor whose dispatcher process is gone.
+        """
         now = time.time() if now is None else now
-        gone = [r for r in self.list_runs(statuses=("running",)) if worker_gone(r, now)]
+        candidates = self.list_runs(statuses=("running",)) + [
+            r for r in self.list_runs(statuses=("queued",)) if r.executor]
+        gone = [r for r in candidates if worker_gone(r, now)]
         marked = []
         for run in gone:
             message = (f"its worker process {run.pid} ended without recording a result (the runner was killed or "

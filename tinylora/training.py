@@ -29,35 +29,43 @@ from .methods import build_model
 from .model import count_parameters
 from .tasks import make_data
 
-Data = tuple[torch.Tensor, torch.Tensor]
+# (token ids (N, T), labels (N,)), optionally followed by task ids (N,) that the model receives as `task_ids`.
+Data = tuple[torch.Tensor, ...]
+
+
+def model_inputs(data: Data, idx: torch.Tensor | slice) -> tuple[torch.Tensor, ...]:
+    """Return the model's positional inputs for rows `idx` of `data`: token ids, then any task ids."""
+    x, _, *task_ids = data
+    return (x[idx], *(t[idx] for t in task_ids))
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Data, batch_size: int = 1024,
              forward: Callable[..., torch.Tensor] | None = None) -> tuple[float, float]:
     """Return (accuracy, mean cross-entropy) of `model` on `data`, computing logits with `forward` when given."""
-    x, y = data
+    x, y = data[0], data[1]
     forward = model if forward is None else forward
     was_training = model.training
     model.eval()
     correct, loss_sum = 0, 0.0
     for i in range(0, len(x), batch_size):
-        logits = forward(x[i:i + batch_size])
+        logits = forward(*model_inputs(data, slice(i, i + batch_size)))
         correct += (logits.argmax(-1) == y[i:i + batch_size]).sum().item()
         loss_sum += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
     model.train(was_training)
     return correct / len(x), loss_sum / len(x)
 
 
-def train(model: nn.Module, train_data: Data, val_data: Data, config: TrainConfig,
+def train(model: nn.Module, train_data: Data, val_data: Data | None, config: TrainConfig,
           should_stop: Callable[[], bool] = lambda: False) -> Iterator[dict]:
     """Train the parameters of `model` that require grad with AdamW; yield events (see the module docstring).
 
-    Each epoch shuffles with `torch.randperm` on the global generator and evaluates on `val_data` at its end.
+    Each epoch shuffles with `torch.randperm` on the global generator and evaluates on `val_data` at its end
+    (no evaluation at all when `val_data` is None, for callers that evaluate between steps themselves).
     `should_stop` is called after every step; when it returns True the run evaluates once more and ends
     with status "stopped", keeping the weights learned so far.
     """
-    x, y = train_data
+    x, y = train_data[0], train_data[1]
     n = len(x)
     steps_per_epoch = math.ceil(n / config.batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -93,7 +101,7 @@ def train(model: nn.Module, train_data: Data, val_data: Data, config: TrainConfi
         perm = torch.randperm(n)
         for i in range(0, n, config.batch_size):
             idx = perm[i:i + config.batch_size]
-            loss = F.cross_entropy(forward(x[idx]), y[idx])
+            loss = F.cross_entropy(forward(*model_inputs(train_data, idx)), y[idx])
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 yield end("diverged", f"the training loss became {loss_value} at step {step + 1} (epoch {epoch}); "
@@ -106,10 +114,12 @@ def train(model: nn.Module, train_data: Data, val_data: Data, config: TrainConfi
             yield {"type": "step", "step": step, "epoch": epoch - 1 + (i + len(idx)) / n,
                    "train/loss": loss_value, "seconds": time.perf_counter() - start}
             if should_stop():
-                yield evaluation(epoch - 1 + (i + len(idx)) / n)
+                if val_data is not None:
+                    yield evaluation(epoch - 1 + (i + len(idx)) / n)
                 yield end("stopped", f"stopped at step {step} of {steps_per_epoch * config.epochs}")
                 return
-        yield evaluation(float(epoch))
+        if val_data is not None:
+            yield evaluation(float(epoch))
     yield end("finished", f"finished {config.epochs} epochs")
 
 

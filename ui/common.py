@@ -47,6 +47,7 @@ def get_store() -> RunStore:
             # The data directory was deleted while the server ran: start a new, empty database there.
             _store_for.clear()
             store = _store_for(str(data_home()))
+        store.check()
         return store
     except StoreError as error:
         st.error(str(error))

@@ -33,6 +33,7 @@ def apply_config_to_widgets(config: RunConfig, prefix: str) -> None:
     st.session_state[f"{prefix}task"] = config.task
     st.session_state[f"{prefix}r"] = config.lora.r
     st.session_state[f"{prefix}lora_alpha"] = float(config.lora.lora_alpha)
+    st.session_state[f"{prefix}use_rslora"] = config.lora.use_rslora
     st.session_state[f"{prefix}targets"] = list(config.lora.target_modules)
     st.session_state[f"{prefix}lr"] = f"{config.train.lr:g}"
     st.session_state[f"{prefix}epochs"] = config.train.epochs
@@ -68,7 +69,12 @@ def run_config_controls(prefix: str = "train_", disabled: bool = False) -> tuple
                            help="Rank of the update B @ A, from 1 to 64.")
     lora_alpha = col_alpha.number_input("lora_alpha", min_value=0.0, max_value=1024.0, value=float(dl.lora_alpha),
                                         step=1.0, key=f"{prefix}lora_alpha", disabled=disabled or not uses_lora,
-                                        persist_state=keep, help="The update is scaled by lora_alpha / r.")
+                                        persist_state=keep, help="The update is scaled by lora_alpha / r, or by "
+                                                                 "lora_alpha / sqrt(r) with rsLoRA.")
+    use_rslora = st.checkbox("rsLoRA scaling: lora_alpha / sqrt(r)", value=dl.use_rslora, key=f"{prefix}use_rslora",
+                             disabled=disabled or not uses_lora, persist_state=keep,
+                             help="Rank-stabilized LoRA (Kalajdzievski 2023) scales the update by lora_alpha / "
+                                  "sqrt(r) instead of lora_alpha / r, so large ranks still learn at a useful speed.")
     targets = st.multiselect("Target modules", list(TARGETABLE), default=list(dl.target_modules),
                              key=f"{prefix}targets", disabled=disabled or not uses_lora, persist_state=keep,
                              help="The linear layers in every block that get an adapter: qkv (64 -> 192), "
@@ -102,7 +108,8 @@ def run_config_controls(prefix: str = "train_", disabled: bool = False) -> tuple
             method=method,
             task=task,
             base=base,
-            lora=LoRAConfig(r=int(r), lora_alpha=float(lora_alpha), target_modules=tuple(targets)),
+            lora=LoRAConfig(r=int(r), lora_alpha=float(lora_alpha), target_modules=tuple(targets),
+                            use_rslora=bool(use_rslora)),
             train=TrainConfig(lr=parse_learning_rate(lr_text), epochs=int(epochs), batch_size=int(batch_size),
                               seed=int(seed)),
             quant=QuantOptions(modules=quant_modules, block_size=int(block_size), double_quant=bool(double_quant)),

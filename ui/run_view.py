@@ -5,7 +5,7 @@ import time
 import streamlit as st
 
 from tinylora.config import METHOD_LABELS
-from tinylora.jobs import HEARTBEAT_SECONDS, max_runs
+from tinylora.jobs import HEARTBEAT_SECONDS, busy_slots, max_runs
 from tinylora.progress import RunProgress, read_progress
 from tinylora.store import RunStore, StoreError
 
@@ -22,7 +22,9 @@ def describe_config(config: dict) -> str:
     if config.get("base", "random") != "random":
         parts.append(f"base {config['base']}")
     if config.get("method") != "full":
-        parts.append(f"r={lora.get('r')}, lora_alpha={lora.get('lora_alpha'):g} on {'+'.join(lora.get('target_modules', []))}")
+        scaling = " (rsLoRA)" if lora.get("use_rslora") else ""
+        parts.append(f"r={lora.get('r')}, lora_alpha={lora.get('lora_alpha'):g}{scaling} on "
+                     f"{'+'.join(lora.get('target_modules', []))}")
     if "upload" in config:  # an uploaded adapter: evaluated, never trained here
         files = ", ".join(config["upload"].get("files", []))
         parts.append(f"uploaded adapter ({files}) on the base of seed {train.get('seed')}")
@@ -44,8 +46,12 @@ def _status_message(store: RunStore, p: RunProgress) -> None:
     run = p.run
     if run.status == "queued":
         position = store.queue_position(run.id)
-        st.info(f"Queued at position {position}: {store.count_running()} of {max_runs()} training slots are busy. "
-                f"It starts as soon as a slot frees up.", icon=":material/hourglass_top:")
+        if run.executor:
+            st.info(f"Queued on the {run.executor} cluster: it starts when the cluster has a free CPU.",
+                    icon=":material/hourglass_top:")
+        else:
+            st.info(f"Queued at position {position}: {busy_slots(store)} of {max_runs()} training slots are busy. "
+                    f"It starts as soon as a slot frees up.", icon=":material/hourglass_top:")
     elif run.status == "running" and p.step == 0 and p.status_message:
         st.progress(0.0, text=f"{p.status_message[:1].upper()}{p.status_message[1:]} · {format_seconds(p.elapsed)} elapsed")
     elif run.status == "running":
@@ -89,6 +95,18 @@ def _charts(p: RunProgress, key: str) -> None:
     left.plotly_chart(loss_chart({"train": (p.steps, p.losses)}), key=f"{key}-loss",
                       config={"displayModeBar": False})
     right.plotly_chart(accuracy_chart({"validation": (p.eval_epochs, p.eval_accs)}), key=f"{key}-acc",
+                       config={"displayModeBar": False})
+
+
+def empty_charts(key: str) -> None:
+    """Draw the run view's two charts with no points yet.
+
+    Besides showing what a run will draw, this makes the browser load Plotly's JavaScript (a few MB) with the
+    page, so the first point of a run appears as soon as it exists instead of after that one-time load.
+    """
+    left, right = st.columns(2)
+    left.plotly_chart(loss_chart({"train": ([], [])}), key=f"{key}-empty-loss", config={"displayModeBar": False})
+    right.plotly_chart(accuracy_chart({"validation": ([], [])}), key=f"{key}-empty-acc",
                        config={"displayModeBar": False})
 
 

@@ -24,6 +24,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--r", type=int, default=dl.r, help="LoRA rank (default %(default)s)")
     parser.add_argument("--lora-alpha", type=float, default=dl.lora_alpha,
                         help="LoRA alpha; the update is scaled by lora_alpha / r (default %(default)s)")
+    parser.add_argument("--use-rslora", action="store_true",
+                        help="scale the update by lora_alpha / sqrt(r) (rsLoRA) instead of lora_alpha / r")
     parser.add_argument("--targets", default=",".join(dl.target_modules),
                         help=f"comma-separated modules to adapt, from {','.join(TARGETABLE)} (default %(default)s)")
     parser.add_argument("--lr", type=float, default=dt.lr, help="AdamW learning rate (default %(default)s)")
@@ -54,7 +56,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         method=args.method,
         task=args.task,
         base=args.base,
-        lora=LoRAConfig(r=args.r, lora_alpha=args.lora_alpha, target_modules=targets),
+        lora=LoRAConfig(r=args.r, lora_alpha=args.lora_alpha, target_modules=targets, use_rslora=args.use_rslora),
         train=TrainConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                           fast=args.fast, cache_dequantized=args.cache_dequantized),
         quant=QuantOptions(modules=args.quant_modules, block_size=args.block_size, double_quant=args.double_quant),
