@@ -38,14 +38,19 @@ def make_forward(model: nn.Module, mode: str = "auto", cache_dequantized: bool =
     """Return a function with the model's call signature that computes its logits on the fast path.
 
     The function calls the model itself in three cases: with mode "off", with mode "auto" when the model has
-    no LoRA layer (a full finetune), and for a model the fast path does not cover. The fast path does not
-    cover models other than `TinyClassifier`, custom layers, or LoRA dropout while training. With
+    no LoRA layer (a full finetune), and for a model the fast path does not cover. The fast path covers a
+    `TinyClassifier` and an `AdapterModel` over one (whose head is then the active adapter's), but not custom
+    layers or LoRA dropout while training. With
     `cache_dequantized` (the default) a quantized base is dequantized once and the float32 copy reused while
     its stored codes are unchanged; without it, every forward pass dequantizes again, as the eager model does.
     """
     if mode not in FAST_MODES:
         raise ValueError(f"unknown fast mode {mode!r}; choose one of {', '.join(FAST_MODES)}")
-    if mode == "off" or type(model) is not TinyClassifier:
+    # Imported here: tinylora.adapters imports modules that import this package.
+    from ..adapters import AdapterModel
+
+    core = model.base_model if type(model) is AdapterModel else model
+    if mode == "off" or type(core) is not TinyClassifier:
         return model
     if mode == "auto" and not any(isinstance(m, LoRALinear) for m in model.modules()):
         return model
@@ -54,11 +59,11 @@ def make_forward(model: nn.Module, mode: str = "auto", cache_dequantized: bool =
     stacks: dict[tuple, Stack] = {}
 
     def forward(x: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
-        blocks = [block_tensors(block, model.training, cache) for block in model.blocks]
+        blocks = [block_tensors(block, core.training, cache) for block in core.blocks]
         if any(b is None for b in blocks):
             return model(x, task_ids)
         specs = [BlockSpec(block.n_heads, scalings, cls_only=i == len(blocks) - 1, eps=(block.ln1.eps, block.ln2.eps))
-                 for i, (block, (_, scalings)) in enumerate(zip(model.blocks, blocks))]
+                 for i, (block, (_, scalings)) in enumerate(zip(core.blocks, blocks))]
         key = tuple(specs)
         if key not in stacks:
             stacks.clear()
@@ -66,11 +71,11 @@ def make_forward(model: nn.Module, mode: str = "auto", cache_dequantized: bool =
         stack = stacks[key]
         tensors = [t for tensors, _ in blocks for t in tensors]
         if torch.is_grad_enabled() or len(x) <= EVAL_CHUNK:
-            return model.head(model.ln(stack(_embed(model, x, task_ids), tensors)))
+            return core.head(core.ln(stack(_embed(core, x, task_ids), tensors)))
         chunks = []
         for i in range(0, len(x), EVAL_CHUNK):
             ids = None if task_ids is None else task_ids[i:i + EVAL_CHUNK]
-            chunks.append(model.head(model.ln(stack(_embed(model, x[i:i + EVAL_CHUNK], ids), tensors))))
+            chunks.append(core.head(core.ln(stack(_embed(core, x[i:i + EVAL_CHUNK], ids), tensors))))
         return torch.cat(chunks)
 
     forward.dequantized = cache  # the float32 copies of a quantized base, for memory reports
