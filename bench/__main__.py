@@ -1,7 +1,7 @@
 """`python -m bench`: run the benchmark suite, save its figures as JSON and update BENCHMARKS.md.
 
 Sections (all by default): throughput, peak (with the fraction of it each step reaches), profile, memory,
-accuracy. Run from the repository root. Timings run at each thread count of `--threads`, because a worker trains
+accuracy, lab (the wall time of `python -m tinylora lab` against bench/lab_reference.py). Run from the repository root. Timings run at each thread count of `--threads`, because a worker trains
 with a fixed count and the reference is compared at the same one.
 """
 
@@ -15,10 +15,9 @@ from . import suite
 from .report import render, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("throughput", "peak", "profile", "memory", "accuracy")
-# NOTE: two sections are still to come once the app exists: the start-up time of `python -m tinylora lab`
-# against the reference, and the app's click-to-first-chart latency in a real browser. Each goes in as one
-# function in bench/suite.py, one name in SECTIONS, and one block in report.render.
+SECTIONS = ("throughput", "peak", "profile", "memory", "accuracy", "lab")
+# NOTE: the app's click-to-first-chart latency in a real browser is still to come as a section. It goes in as
+# one function in bench/suite.py, one name in SECTIONS, and one block in report.render.
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     if "accuracy" in sections:
         print("accuracy", flush=True)
         results["accuracy"] = suite.accuracy(methods, list(range(args.seeds)), modes, threads)
+
+    if "lab" in sections:
+        print("lab", flush=True)
+        results["lab"] = suite.lab(args.reps, threads[0])
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

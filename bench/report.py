@@ -133,6 +133,24 @@ def render(results: dict) -> str:
                 lines.append(f"| {method} | {mode} | {' '.join(f'{a:.3f}' for a in finals)} | "
                              f"{statistics.mean(finals):.3f} | {same} |")
         lines.append("")
+    if "lab" in results:
+        lab = results["lab"]
+        lines += ["### The lab against the reference", "",
+                  f"`python -m {lab['command']}` ({lab['workers']} worker processes, as by default) against "
+                  "`python -m bench.lab_reference`, which runs the same trainings as plain eager PyTorch one after "
+                  "another in one process. Each ran as a fresh process, timed from start to exit; the two took "
+                  "turns. `fraction` is the lab's time over the reference's, per repetition.", "",
+                  "| implementation | seconds | fraction of the reference |", "|---|---|---|"]
+        for name, s in lab["seconds"].items():
+            fraction = _range(lab["fraction"]) if name != "reference" else "1.00"
+            lines.append(f"| {name} | {_range(s, '{:.1f}')} | {fraction} |")
+        lines += ["", "Final accuracies of the last repetition (methods at 8 epochs, joint training on both tasks):",
+                  ""]
+        for name, accs in lab["accuracies"].items():
+            lines.append(f"- {name}: " + ", ".join(
+                f"{k} {' '.join(f'{a:.3f}' for a in v) if isinstance(v, list) else f'{v:.3f}'}"
+                for k, v in accs.items()))
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -296,6 +296,42 @@ def accuracy(methods: list[str], seeds: list[int], modes: tuple[str, ...], threa
     return out
 
 
+# The lab against the reference script
+
+def lab(reps: int, threads: int) -> dict:
+    """Time `python -m tinylora lab` (its default worker processes) against `bench.lab_reference`, in turn.
+
+    Each is a fresh process, timed from start to exit, so start-up and imports count. The order alternates
+    between repetitions. Both print their accuracies, which are recorded for a side-by-side check.
+    """
+    commands = {
+        "tinylora lab": [sys.executable, "-m", "tinylora", "lab", "--json", "--threads", str(threads)],
+        REFERENCE: [sys.executable, "-m", "bench.lab_reference", str(threads)],
+    }
+    seconds = {name: [] for name in commands}
+    outputs = {}
+    for rep in range(reps):
+        order = list(commands) if rep % 2 == 0 else list(commands)[::-1]
+        for name in order:
+            start = time.perf_counter()
+            result = subprocess.run(commands[name], capture_output=True, text=True, check=True, cwd=_ROOT)
+            seconds[name].append(time.perf_counter() - start)
+            outputs[name] = json.loads(result.stdout)
+        print(f"  lab rep {rep + 1}/{reps}: " + ", ".join(f"{n} {s[-1]:.1f} s" for n, s in seconds.items()),
+              flush=True)
+    lab_out, ref_out = outputs["tinylora lab"], outputs[REFERENCE]
+    accuracies = {
+        "tinylora lab": {row["method"]: row["val_acc"] for row in lab_out["methods"]},
+        REFERENCE: {method: ref_out[method] for method in ("full", "lora", "qlora-int8")},
+    }
+    accuracies["tinylora lab"]["joint"] = list(lab_out["joint"]["acc"].values())
+    accuracies[REFERENCE]["joint"] = ref_out["joint"][-1]
+    return {"command": " ".join(commands["tinylora lab"][1:]), "workers": lab_out["workers"],
+            "seconds": {name: spread(s) for name, s in seconds.items()},
+            "fraction": spread([a / b for a, b in zip(seconds["tinylora lab"], seconds[REFERENCE])]),
+            "accuracies": accuracies}
+
+
 def all_methods() -> list[str]:
     return list(METHODS)
 
