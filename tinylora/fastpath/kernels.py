@@ -126,7 +126,8 @@ def linear_backward(dy: torch.Tensor, x: torch.Tensor, xa: torch.Tensor | None, 
                     needs_dx: bool):
     """Compute (dx, dW, db, dA, dB) for `linear_forward`, with None for each unneeded one.
 
-    The gradients of trained weights are computed in float32; only dx uses the compute dtype.
+    `x` may be None when neither the weight nor an adapter trains. The gradients of trained weights are
+    computed in float32; only dx uses the compute dtype.
     """
     parts = layer.parts
     dx = dxa = None
@@ -137,7 +138,8 @@ def linear_backward(dy: torch.Tensor, x: torch.Tensor, xa: torch.Tensor | None, 
         else:
             dx = _product(dy, layer.input_weight())
             if layer.has_lora:
-                dx, dxa = dx[:, :x.shape[1]], dx[:, x.shape[1]:]
+                in_features = parts.weight.shape[1]
+                dx, dxa = dx[:, :in_features], dx[:, in_features:]
     # dW = dy^T x through oneDNN, which took the transposed views faster than MKL's mm (1,600 rows).
     dweight = linear(dy.t(), x.t()) if parts.weight.requires_grad else None
     dbias = dy.sum(0) if parts.bias is not None and parts.bias.requires_grad else None

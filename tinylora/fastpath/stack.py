@@ -83,6 +83,10 @@ def block_forward(spec: BlockSpec, h: torch.Tensor, w: BlockWeights, ws, index: 
     y, xa_fc2 = linear_forward(g, w.fc2)
     out = _add(y, x2)
 
+    # A layer's input is kept only when its weights or adapter train: the input gradient needs none. Dropping
+    # the others at once lets the allocator reuse their memory while it is still in the cache.
+    z1, attn, z2, g = (t if _trains(layer) else None for t, layer in ((z1, w.qkv), (attn, w.proj), (z2, w.fc1),
+                                                                      (g, w.fc2)))
     saved = (x, z1, mean1, rstd1, xa_qkv, heads, probs, attn, xa_proj, x2, z2, mean2, rstd2, u, xa_fc1, g, xa_fc2)
     return (out if spec.cls_only else out.view(B, T, D)), saved
 
