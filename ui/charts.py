@@ -210,7 +210,7 @@ def _wrap(label: str, width: int = 16) -> str:
 def memory_chart(table, title: str, unit: str = "KiB") -> go.Figure:
     """Plot training memory per method variant, stacked: frozen base, trainable weights, gradients, AdamW state.
 
-    `table` has `label` and the byte columns of `tinylora.memory.estimate_memory`. When any row holds a float32
+    `table` has `label` and the byte columns of `tinylora.memory.estimate_memory`. When any row includes a float32
     copy of a quantized base (`dequantized_copy_bytes`), that copy is a fifth part of the stack.
     """
     scale = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[unit]
