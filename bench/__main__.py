@@ -1,7 +1,8 @@
 """`python -m bench`: run the benchmark suite, save its figures as JSON and update BENCHMARKS.md.
 
 Sections (all by default): throughput, peak (with the fraction of it each step reaches), profile, memory,
-accuracy. Run from the repository root.
+accuracy, lab (the wall time of `python -m tinylora lab` against bench/lab_reference.py). Run from the repository root. Timings run at each thread count of `--threads`, because a worker trains
+with a fixed count and the reference is compared at the same one.
 """
 
 import argparse
@@ -14,10 +15,9 @@ from . import suite
 from .report import render, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("throughput", "peak", "profile", "memory", "accuracy")
-# NOTE: two sections are still to come once the app exists: the start-up time of `python -m tinylora lab`
-# against the reference, and the app's click-to-first-chart latency in a real browser. Each goes in as one
-# function in bench/suite.py, one name in SECTIONS, and one block in report.render.
+SECTIONS = ("throughput", "peak", "profile", "memory", "accuracy", "lab")
+# NOTE: the app's click-to-first-chart latency in a real browser is still to come as a section. It goes in as
+# one function in bench/suite.py, one name in SECTIONS, and one block in report.render.
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions per timing (default 5)")
     parser.add_argument("--epochs", type=int, default=8, help="epochs per timed run (default 8)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per fast mode in the accuracy section")
+    parser.add_argument("--threads", default="1,2",
+                        help="comma-separated intra-op thread counts to time at (default %(default)s); the profile, "
+                             "memory and accuracy sections use the first")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json",
                         help="where to save the figures as JSON (default %(default)s)")
     parser.add_argument("--merge", type=Path, action="append", default=[],
@@ -48,11 +51,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown method(s) {unknown}; choose from {', '.join(suite.all_methods())}")
     if args.reps < 1 or args.epochs < 1 or args.seeds < 1:
         parser.error("--reps, --epochs and --seeds must be at least 1")
+    try:
+        threads = [int(n) for n in args.threads.split(",") if n.strip()]
+    except ValueError:
+        threads = []
+    if not threads or min(threads) < 1:
+        parser.error(f"--threads must list whole numbers >= 1, such as 1,2; got {args.threads!r}")
 
     modes = suite.DEFAULT_FAST_MODES
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
     results = {"date": datetime.date.today().isoformat(), "command": command, "machine": suite.machine(),
-               "options": {"reps": args.reps, "epochs": args.epochs, "methods": methods}, "provenance": {}}
+               "options": {"reps": args.reps, "epochs": args.epochs, "methods": methods, "threads": threads},
+               "provenance": {}}
     for path in args.merge:
         saved = json.loads(path.read_text())
         for key in set(saved) - {"date", "command", "machine", "options", "provenance"}:
@@ -63,23 +73,37 @@ def main(argv: list[str] | None = None) -> int:
     for name in sections:
         results["provenance"][name] = provenance
 
+    # Every contender, the reference included, runs under the allocator settings the fast path uses.
+    suite.keep_freed_memory()
     if "throughput" in sections:
-        print("throughput", flush=True)
-        results["throughput"] = suite.throughput(methods, args.reps, args.epochs, modes)
+        results["throughput"] = {}
+        for n in threads:
+            print(f"throughput, {n} thread(s)", flush=True)
+            with suite.thread_count(n):
+                results["throughput"][str(n)] = suite.throughput(methods, args.reps, args.epochs, modes)
     if "peak" in sections:
-        print("peak", flush=True)
-        results["peak"] = suite.matmul_peak()
+        results["peak"] = {}
+        for n in threads:
+            print(f"peak, {n} thread(s)", flush=True)
+            with suite.thread_count(n):
+                results["peak"][str(n)] = suite.matmul_peak()
         if "throughput" in results:
-            results["fraction"] = suite.fraction_of_peak(results["throughput"], results["peak"]["peak_gflops"])
+            results["fraction"] = {n: suite.fraction_of_peak(results["throughput"][n], results["peak"][n]["peak_gflops"])
+                                   for n in results["throughput"] if n in results["peak"]}
     if "profile" in sections:
         print("profile", flush=True)
-        results["profile"] = {c: suite.profile_step("lora", c) for c in suite.contenders(modes)}
+        with suite.thread_count(threads[0]):
+            results["profile"] = {c: suite.profile_step("lora", c) for c in suite.contenders(modes)}
     if "memory" in sections:
         print("memory", flush=True)
-        results["memory"] = suite.memory(methods, args.epochs, modes)
+        results["memory"] = suite.memory(methods, args.epochs, modes, threads[0])
     if "accuracy" in sections:
         print("accuracy", flush=True)
-        results["accuracy"] = suite.accuracy(methods, list(range(args.seeds)), modes)
+        results["accuracy"] = suite.accuracy(methods, list(range(args.seeds)), modes, threads)
+
+    if "lab" in sections:
+        print("lab", flush=True)
+        results["lab"] = suite.lab(args.reps, threads[0])
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

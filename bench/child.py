@@ -1,4 +1,4 @@
-"""`python -m bench.child METHOD CONTENDER EPOCHS`: train once in a fresh process and print its memory as JSON.
+"""`python -m bench.child METHOD CONTENDER EPOCHS [THREADS]`: train once in a fresh process and print its memory as JSON.
 
 CONTENDER is "reference", "tinylora fast=MODE", or "idle" (import and build the model, no training). The output
 has the process's peak resident set size (`peak_rss_bytes`), the resident size after importing torch and the
@@ -38,7 +38,10 @@ def _reset_peak() -> bool:
 
 def main(argv: list[str]) -> int:
     method, contender, epochs = argv[0], argv[1], int(argv[2])
-    import torch  # noqa: F401  imported before the reset so that the library's own size is not counted
+    import torch  # imported before the reset so that the library's own size is not counted
+
+    if len(argv) > 3:
+        torch.set_num_threads(int(argv[3]))
 
     import_peak = _status_bytes("VmHWM")
     rss_before = _status_bytes("VmRSS")

@@ -43,18 +43,22 @@ class Block(nn.Module):
 
 
 class Classifier(nn.Module):
-    def __init__(self):
+    def __init__(self, n_task_ids: int = 0):
         super().__init__()
         self.tok = nn.Embedding(VOCAB + 1, WIDTH)  # the extra id is [CLS]
         self.pos = nn.Embedding(SEQ_LEN + 1, WIDTH)
         self.blocks = nn.ModuleList([Block() for _ in range(LAYERS)])
         self.ln = nn.LayerNorm(WIDTH)
         self.head = nn.Linear(WIDTH, 2)
+        # Built last, so that the other weights are drawn as without it; added to [CLS] when task ids are given.
+        self.task_emb = nn.Embedding(n_task_ids, WIDTH) if n_task_ids else None
 
-    def forward(self, x):
+    def forward(self, x, task_ids=None):
         cls = torch.full((x.shape[0], 1), VOCAB, dtype=x.dtype)
         x = torch.cat([cls, x], dim=1)
         h = self.tok(x) + self.pos(torch.arange(x.shape[1]))[None]
+        if task_ids is not None:
+            h[:, 0] = h[:, 0] + self.task_emb(task_ids)
         for block in self.blocks:
             h = block(h)
         return self.head(self.ln(h[:, 0]))

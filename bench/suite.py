@@ -5,6 +5,7 @@ alternating their order, and reports the median and the spread (min and max) ove
 the medians of per-repetition ratios.
 """
 
+import contextlib
 import json
 import os
 import platform
@@ -17,10 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from tinylora.config import METHODS, RunConfig
-from tinylora.fastpath import FAST_MODES, make_forward
+from tinylora.fastpath import FAST_MODES, keep_freed_memory, make_forward
 from tinylora.flops import training_step_flops
 from tinylora.methods import build_model
 from tinylora.quant import QuantizedLinear
+
+from tinylora.training import prepare_run
 
 from .runs import SteppedRun, run_config, run_tinylora
 
@@ -56,6 +59,17 @@ def machine() -> dict:
 
 # Environment variables that change how the BLAS and OpenMP threads run, recorded with the figures.
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS", "KMP_BLOCKTIME")
+
+
+@contextlib.contextmanager
+def thread_count(n: int):
+    """Run the body with `n` intra-op threads, then restore the previous count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def contenders(fast_modes: tuple[str, ...]) -> list[str]:
@@ -178,8 +192,6 @@ def profile_step(method: str, contender: str, steps: int = 20) -> dict:
     """Share of self CPU time per kind of operator over `steps` training steps of the default configuration."""
     from torch.profiler import ProfilerActivity, profile
 
-    from tinylora.training import prepare_run
-
     from . import reference
 
     prepared = prepare_run(run_config(method))
@@ -235,34 +247,89 @@ def frozen_base_bytes(method: str) -> dict:
     return {"frozen_bytes": frozen, "frozen_linear_weight_bytes": linears}
 
 
-def peak_rss(method: str, contender: str, epochs: int) -> dict:
+def peak_rss(method: str, contender: str, epochs: int, threads: int) -> dict:
     """Memory of a fresh process that runs one training of `method` (see bench.child for the fields)."""
-    command = [sys.executable, "-m", "bench.child", method, contender, str(epochs)]
+    command = [sys.executable, "-m", "bench.child", method, contender, str(epochs), str(threads)]
     result = subprocess.run(command, capture_output=True, text=True, check=True, cwd=_ROOT)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def memory(methods: list[str], epochs: int, fast_modes: tuple[str, ...]) -> dict:
-    out = {"idle": peak_rss(methods[0], "idle", epochs)}
+def memory(methods: list[str], epochs: int, fast_modes: tuple[str, ...], threads: int) -> dict:
+    out = {"idle": peak_rss(methods[0], "idle", epochs, threads)}
     for method in methods:
         out[method] = frozen_base_bytes(method)
-        out[method]["processes"] = {c: peak_rss(method, c, epochs) for c in contenders(fast_modes)}
+        out[method]["dequantized_copy_bytes"] = dequantized_copy_bytes(method)
+        out[method]["processes"] = {c: peak_rss(method, c, epochs, threads) for c in contenders(fast_modes)}
     return out
+
+
+def dequantized_copy_bytes(method: str) -> int:
+    """Bytes of the float32 copy of a quantized base that the fast path keeps while training (0 without one)."""
+    prepared = prepare_run(run_config(method, fast="fused", epochs=1))
+    forward = make_forward(prepared.model, "fused")
+    forward(prepared.train_data[0][:2])
+    cache = getattr(forward, "dequantized", None)
+    return 0 if cache is None else cache.nbytes
 
 
 # Accuracy of the options that change results
 
-def accuracy(methods: list[str], seeds: list[int], modes: tuple[str, ...]) -> dict:
-    """Per-epoch accuracies of the default configuration over `seeds` with each fast mode, method by method."""
+def accuracy(methods: list[str], seeds: list[int], modes: tuple[str, ...], threads: list[int]) -> dict:
+    """Per-epoch accuracies of the default configuration over `seeds`, method by method.
+
+    Every fast mode runs at `threads[0]`. As a control, "off" (the reference's arithmetic) also runs at each
+    further thread count, under the key "off, N threads": it shows how far the eager path itself moves when
+    only the thread count, and so the order of some float sums, changes.
+    """
     out = {}
     for method in methods:
         out[method] = {}
-        for mode in modes:
-            runs = [run_tinylora(run_config(method, fast=mode, seed=seed)) for seed in seeds]
-            out[method][mode] = {"seeds": seeds, "accuracies": [r.accuracies for r in runs],
-                                 "final_losses": [r.final_loss for r in runs]}
+        variants = [(mode, threads[0]) for mode in modes]
+        variants += [("off", n) for n in threads[1:] if "off" in modes]
+        for mode, n in variants:
+            with thread_count(n):
+                runs = [run_tinylora(run_config(method, fast=mode, seed=seed)) for seed in seeds]
+            key = mode if n == threads[0] else f"{mode}, {n} threads"
+            out[method][key] = {"seeds": seeds, "threads": n, "accuracies": [r.accuracies for r in runs],
+                                "final_losses": [r.final_loss for r in runs]}
         print(f"  accuracy {method}: done", flush=True)
     return out
+
+
+# The lab against the reference script
+
+def lab(reps: int, threads: int) -> dict:
+    """Time `python -m tinylora lab` (its default worker processes) against `bench.lab_reference`, in turn.
+
+    Each is a fresh process, timed from start to exit, so start-up and imports count. The order alternates
+    between repetitions. Both print their accuracies, which are recorded for a side-by-side check.
+    """
+    commands = {
+        "tinylora lab": [sys.executable, "-m", "tinylora", "lab", "--json", "--threads", str(threads)],
+        REFERENCE: [sys.executable, "-m", "bench.lab_reference", str(threads)],
+    }
+    seconds = {name: [] for name in commands}
+    outputs = {}
+    for rep in range(reps):
+        order = list(commands) if rep % 2 == 0 else list(commands)[::-1]
+        for name in order:
+            start = time.perf_counter()
+            result = subprocess.run(commands[name], capture_output=True, text=True, check=True, cwd=_ROOT)
+            seconds[name].append(time.perf_counter() - start)
+            outputs[name] = json.loads(result.stdout)
+        print(f"  lab rep {rep + 1}/{reps}: " + ", ".join(f"{n} {s[-1]:.1f} s" for n, s in seconds.items()),
+              flush=True)
+    lab_out, ref_out = outputs["tinylora lab"], outputs[REFERENCE]
+    accuracies = {
+        "tinylora lab": {row["method"]: row["val_acc"] for row in lab_out["methods"]},
+        REFERENCE: {method: ref_out[method] for method in ("full", "lora", "qlora-int8")},
+    }
+    accuracies["tinylora lab"]["joint"] = list(lab_out["joint"]["acc"].values())
+    accuracies[REFERENCE]["joint"] = ref_out["joint"][-1]
+    return {"command": " ".join(commands["tinylora lab"][1:]), "workers": lab_out["workers"],
+            "seconds": {name: spread(s) for name, s in seconds.items()},
+            "fraction": spread([a / b for a, b in zip(seconds["tinylora lab"], seconds[REFERENCE])]),
+            "accuracies": accuracies}
 
 
 def all_methods() -> list[str]:

@@ -13,7 +13,8 @@ from ui.common import page_header
 
 KEEP = "session"
 BYTE_COLUMNS = {"frozen_base_bytes": "frozen base", "trainable_bytes": "trainable weights",
-                "gradient_bytes": "gradients", "optimizer_bytes": "AdamW state", "total_bytes": "total"}
+                "gradient_bytes": "gradients", "optimizer_bytes": "AdamW state",
+                "dequantized_copy_bytes": "float32 copy while training", "total_bytes": "total"}
 CALCULATOR_FIELDS = {"hidden_size": "hidden size", "num_hidden_layers": "layers", "intermediate_size": "MLP size",
                      "num_attention_heads": "attention heads", "num_key_value_heads": "key/value heads",
                      "vocab_size": "vocabulary"}
@@ -84,7 +85,9 @@ st.container(key="params_memory_table").dataframe(memory_table_view(memory), hid
                             "percent_of_full": PERCENT})
 st.caption("Measured: each method's model is built and takes one AdamW step, and the bytes of every tensor that "
            "then exists are added up (the arithmetic estimate agrees exactly). Activations are left out: they "
-           "depend on batch size and sequence length, not on the method.")
+           "depend on batch size and sequence length, not on the method. A QLoRA row includes the float32 copy of "
+           "the quantized base that the fast training path keeps for the whole run, so that it does not "
+           "dequantize every step; the stored base stays quantized, and `--no-cache-dequantized` drops the copy.")
 
 # Calculator
 

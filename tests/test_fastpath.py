@@ -124,7 +124,7 @@ def test_unknown_mode_raises():
 
 
 def test_fast_modes_listed():
-    assert FAST_MODES == ("auto", "fused", "off")
+    assert FAST_MODES == ("auto", "fused", "bf16", "off")
 
 
 def test_default_lora_run_keeps_reference_log():
@@ -144,3 +144,28 @@ def test_first_epoch_losses_close_to_eager(mode):
 
     assert len(losses) == 16
     assert max(abs(a - b) for a, b in zip(losses, reference)) < 1e-4
+
+
+def test_adapter_model_gradients_match_autograd():
+    from tinylora.adapters import AdapterModel
+    from tinylora.model import TinyClassifier
+    from tinylora.quant import QuantConfig
+
+    torch.manual_seed(0)
+    model = AdapterModel(TinyClassifier(), QuantConfig(scheme="nf4"))
+    model.add_adapter("a", LoRAConfig())
+    model.add_adapter("b", LoRAConfig(r=8, target_modules=("qkv", "fc2")))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape) * 0.1)
+    x, y = _batch()
+    forward = make_forward(model, "auto")
+
+    assert forward is not model
+    eager_loss, eager_grads = _grads(model, model, x, y)
+    fused_loss, fused_grads = _grads(forward, model, x, y)
+
+    torch.testing.assert_close(fused_loss, eager_loss, atol=LOGITS_ATOL, rtol=0)
+    for fused, eager in zip(fused_grads, eager_grads):
+        torch.testing.assert_close(fused, eager, rtol=GRAD_RTOL, atol=GRAD_ATOL)

@@ -5,8 +5,9 @@ from tinylora.calculator import (ALL_LINEAR_TARGETS, ATTENTION_TARGETS, PRESETS,
                                  get_preset, llm_architecture)
 from tinylora.config import METHODS, QuantOptions, RunConfig
 from tinylora.lora import LoRAConfig
-from tinylora.memory import (RANKS, estimate_memory, measure_training_memory, parameter_breakdown, tiny_architecture,
-                             trainable_parameters_table, training_memory_table)
+from tinylora.config import TrainConfig
+from tinylora.memory import (RANKS, estimate_memory, keeps_dequantized_copy, measure_training_memory,
+                             parameter_breakdown, tiny_architecture, trainable_parameters_table, training_memory_table)
 from tinylora.methods import build_model
 from tinylora.model import ModelConfig, TinyClassifier, count_parameters
 from tinylora.quant import NF4
@@ -19,6 +20,8 @@ CASES = [
     RunConfig(method="qlora-int8", lora=LoRAConfig(r=16, target_modules=("qkv", "proj", "fc1", "fc2"))),
     RunConfig(method="lora", lora=LoRAConfig(r=1, target_modules=("fc2",))),
     RunConfig(method="qlora-int8-channel", model=ModelConfig(d_model=32, n_layers=2)),
+    RunConfig(method="qlora-nf4", train=TrainConfig(cache_dequantized=False)),
+    RunConfig(method="qlora-int8", train=TrainConfig(fast="off")),
 ]
 
 
@@ -26,7 +29,7 @@ CASES = [
 def test_estimate_matches_measured(config):
     measured = measure_training_memory(config)
     estimated = estimate_memory(tiny_architecture(config.model), config.method, config.lora.r,
-                                config.lora.target_modules, config.quant)
+                                config.lora.target_modules, config.quant, keeps_dequantized_copy(config))
     for key in measured:
         assert measured[key] == pytest.approx(estimated[key], rel=1e-12), key
 
@@ -49,6 +52,23 @@ def test_full_finetune_memory_sixteen_bytes_per_parameter():
     assert row["trainable_bytes"] == 4 * 202_114
     assert row["gradient_bytes"] == 4 * 202_114
     assert row["optimizer_bytes"] == 8 * 202_114 + 4 * n_tensors
+
+
+@pytest.mark.parametrize("train,expected", [
+    (TrainConfig(), 4 * 4 * (64 * 192 + 64 * 64 + 64 * 256 + 256 * 64)),
+    (TrainConfig(cache_dequantized=False), 0),
+    (TrainConfig(fast="off"), 0),
+])
+def test_dequantized_copy_counted_while_training(train, expected):
+    row = measure_training_memory(RunConfig(method="qlora-nf4", train=train))
+
+    assert row["dequantized_copy_bytes"] == expected
+    assert row["total_bytes"] == (row["frozen_base_bytes"] + row["trainable_bytes"] + row["gradient_bytes"]
+                                  + row["optimizer_bytes"] + expected)
+
+
+def test_lora_keeps_no_dequantized_copy():
+    assert measure_training_memory(RunConfig(method="lora"))["dequantized_copy_bytes"] == 0
 
 
 def test_quantized_base_smaller_than_float():

@@ -62,8 +62,12 @@ class TrainConfig:
     train_data_seed: int = 1
     val_data_seed: int = 2
     # "auto" runs tinylora.fastpath for LoRA and QLoRA and the eager modules for a full finetune. "fused" runs
-    # the fast path for every method. "off" runs the eager modules, which match the reference bit for bit.
+    # the fast path for every method, "bf16" the fast path with bfloat16 matmuls in the linear layers. "off"
+    # runs the eager modules, which match the reference bit for bit.
     fast: str = "auto"
+    # The fast path keeps a float32 copy of a quantized frozen base for the whole run instead of dequantizing
+    # it every step; the stored base stays quantized. Same results either way.
+    cache_dequantized: bool = True
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,8 @@ class RunConfig:
             raise ValueError(f"batch size must be at least 1, got {t.batch_size}")
         if t.fast not in FAST_MODES:
             raise ValueError(f"train.fast must be one of {', '.join(FAST_MODES)}, got {t.fast!r}")
+        if not isinstance(t.cache_dequantized, bool):
+            raise ValueError(f"train.cache_dequantized must be True or False, got {t.cache_dequantized!r}")
         if t.n_train < 1 or t.n_val < 1:
             raise ValueError(f"training and validation sets need at least 1 example, got {t.n_train} and {t.n_val}")
         if not (math.isfinite(t.weight_decay) and t.weight_decay >= 0):

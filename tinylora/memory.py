@@ -8,6 +8,9 @@ gradients and the optimizer state. The tests hold the two to exact equality on t
 
 Parameters are counted as weights and bytes as bytes: a 4-bit code is one parameter stored in half a byte.
 Activations are left out, because they depend on batch size and sequence length rather than on the method.
+One buffer is counted although it is not a parameter: tinylora's fast training path keeps a float32 copy of a
+quantized frozen base for the whole run (`TrainConfig.cache_dequantized`), which `dequantized_copy_bytes`
+reports and `total_bytes` includes.
 """
 
 import functools
@@ -21,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import METHOD_LABELS, METHODS, QuantOptions, RunConfig
+from .fastpath import make_forward
 from .lora import TARGETABLE, LoRAConfig
 from .methods import build_model
 from .model import ModelConfig, TinyClassifier, count_parameters
@@ -88,14 +92,21 @@ def lora_parameters(arch: Architecture, r: int, target_modules: tuple[str, ...])
     return arch.n_layers * sum(r * (arch.linear(m).in_features + arch.linear(m).out_features) for m in target_modules)
 
 
+def keeps_dequantized_copy(config: RunConfig) -> bool:
+    """Whether training `config` keeps a float32 copy of its quantized base (QLoRA on the fast path with the cache)."""
+    return config.quant_scheme is not None and config.train.fast != "off" and config.train.cache_dequantized
+
+
 def estimate_memory(arch: Architecture, method: str, r: int = 4, target_modules: tuple[str, ...] = ("qkv", "proj"),
-                    quant: QuantOptions = QuantOptions()) -> dict:
+                    quant: QuantOptions = QuantOptions(), dequantized_copy: bool = False) -> dict:
     """Return the parameter counts and training-memory bytes of `method` on `arch`, by arithmetic alone.
 
     Trainable weights, their gradients and AdamW state are float32. Full finetuning trains every parameter.
     LoRA methods train the adapters (and the head, where the architecture has one) and keep the base frozen:
     floats at `arch.float_bytes`, and under QLoRA the block linears' weights in the method's scheme
-    (`quant.modules` "targets" quantizes only the adapted linears). Linear biases stay float.
+    (`quant.modules` "targets" quantizes only the adapted linears). Linear biases stay float. With
+    `dequantized_copy`, a QLoRA method also holds every quantized weight as float32 while it trains, as
+    tinylora's fast path does (see `keeps_dequantized_copy`).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -108,14 +119,19 @@ def estimate_memory(arch: Architecture, method: str, r: int = 4, target_modules:
         trainable = adapters + arch.head_parameters
         tensors = 2 * arch.n_layers * len(target_modules) + arch.head_tensors
         frozen_bytes = _frozen_base_bytes(arch, METHODS[method], target_modules, quant)
+    copy_bytes = 0
+    if dequantized_copy and METHODS[method] is not None:
+        quantized = target_modules if quant.modules == "targets" else [l.name for l in arch.linears]
+        copy_bytes = 4 * arch.n_layers * sum(l.in_features * l.out_features for l in arch.linears
+                                             if l.name in quantized)
     trainable_bytes = 4 * trainable
     optimizer_bytes = ADAM_STATE_BYTES * trainable + STEP_BYTES * tensors
     return _memory_row(base + adapters, trainable, base, frozen_bytes, trainable_bytes, trainable_bytes,
-                       optimizer_bytes, base * arch.float_bytes)
+                       optimizer_bytes, base * arch.float_bytes, copy_bytes)
 
 
 def _memory_row(parameters: int, trainable: int, base_parameters: int, frozen_bytes: int, trainable_bytes: int,
-                gradient_bytes: int, optimizer_bytes: int, checkpoint_bytes: int) -> dict:
+                gradient_bytes: int, optimizer_bytes: int, checkpoint_bytes: int, copy_bytes: int = 0) -> dict:
     return {
         "parameters": parameters,  # the base's plus the adapters'
         "trainable": trainable,
@@ -125,7 +141,8 @@ def _memory_row(parameters: int, trainable: int, base_parameters: int, frozen_by
         "trainable_bytes": trainable_bytes,
         "gradient_bytes": gradient_bytes,
         "optimizer_bytes": optimizer_bytes,
-        "total_bytes": frozen_bytes + trainable_bytes + gradient_bytes + optimizer_bytes,
+        "dequantized_copy_bytes": copy_bytes,  # float32 copy of a quantized base kept while training
+        "total_bytes": frozen_bytes + trainable_bytes + gradient_bytes + optimizer_bytes + copy_bytes,
         "checkpoint_bytes": checkpoint_bytes,  # the whole base model stored in its float format
     }
 
@@ -148,7 +165,8 @@ def _frozen_base_bytes(arch: Architecture, scheme_name: str | None, target_modul
 def measure_training_memory(config: RunConfig, batch_size: int = 64) -> dict:
     """Build the model for `config`, run one AdamW step and return the bytes of the tensors that exist.
 
-    Keys match `estimate_memory`. The caller's global random generator is left unchanged.
+    The step runs as training does, on the fast path that `config.train.fast` selects. Keys match
+    `estimate_memory`. The caller's global random generator is left unchanged.
     """
     with torch.random.fork_rng():
         model = build_model(config)
@@ -156,8 +174,10 @@ def measure_training_memory(config: RunConfig, batch_size: int = 64) -> dict:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.train.lr, weight_decay=config.train.weight_decay)
         x, y = make_data(config.task, batch_size, seed=0, config=config.model)
-        F.cross_entropy(model(x), y).backward()
+        forward = make_forward(model, config.train.fast, config.train.cache_dequantized)
+        F.cross_entropy(forward(x), y).backward()
         optimizer.step()
+    copy = getattr(forward, "dequantized", None)
     frozen = sum(_nbytes(p) for p in model.parameters() if not p.requires_grad)
     frozen += sum(_nbytes(b) for b in model.buffers())
     optimizer_bytes = sum(_nbytes(t) for state in optimizer.state.values() for t in state.values()
@@ -165,7 +185,7 @@ def measure_training_memory(config: RunConfig, batch_size: int = 64) -> dict:
     return _memory_row(count_parameters(model), count_parameters(model, trainable_only=True),
                        count_parameters(float_base), frozen, sum(_nbytes(p) for p in params),
                        sum(_nbytes(p.grad) for p in params if p.grad is not None), optimizer_bytes,
-                       sum(_nbytes(t) for t in float_base.state_dict().values()))
+                       sum(_nbytes(t) for t in float_base.state_dict().values()), 0 if copy is None else copy.nbytes)
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -192,7 +212,8 @@ def _training_memory_table(lora: LoRAConfig, model: ModelConfig, modules: str, b
         quant = QuantOptions(modules=modules, block_size=block_size, double_quant=double_quant)
         config = RunConfig(method=method, lora=lora, model=model, quant=quant)
         measured = measure_training_memory(config)
-        estimated = estimate_memory(arch, method, lora.r, lora.target_modules, quant)
+        estimated = estimate_memory(arch, method, lora.r, lora.target_modules, quant,
+                                    dequantized_copy=keeps_dequantized_copy(config))
         rows.append({"method": method, "double_quant": double_quant, "label": variant_label(method, double_quant),
                      **measured, "estimated_total_bytes": estimated["total_bytes"]})
     return pd.DataFrame(rows)
@@ -203,8 +224,9 @@ def training_memory_table(lora: LoRAConfig = LoRAConfig(), model: ModelConfig = 
     """Return one row per method variant (MEMORY_VARIANTS) with its measured training memory in bytes.
 
     Columns: method, double_quant, label, parameters, trainable, trainable_percent, percent_of_full,
-    frozen_base_bytes, trainable_bytes, gradient_bytes, optimizer_bytes, total_bytes, checkpoint_bytes,
-    estimated_total_bytes.
+    frozen_base_bytes, trainable_bytes, gradient_bytes, optimizer_bytes, dequantized_copy_bytes, total_bytes,
+    checkpoint_bytes, estimated_total_bytes. Each run trains with the default `TrainConfig`, so a QLoRA row
+    includes the float32 copy of its base that the fast path keeps.
     `quant.double_quant` is ignored because the table shows NF4 both with and without it.
     """
     return _training_memory_table(lora, model, quant.modules, quant.block_size).copy()

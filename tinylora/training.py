@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import RANDOM_BASE, RunConfig, TrainConfig
-from .fastpath import make_forward
+from .fastpath import keep_freed_memory, make_forward
 from .methods import build_model
 from .model import count_parameters
 from .tasks import make_data
@@ -69,10 +69,15 @@ def train(model: nn.Module, train_data: Data, val_data: Data | None, config: Tra
     n = len(x)
     steps_per_epoch = math.ceil(n / config.batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
-    # The fast path computes the eager model's logits up to float rounding (see tinylora.fastpath). Foreach
-    # AdamW updates every parameter with a few batched operators and matches the default loop bit for bit.
-    forward = make_forward(model, config.fast)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+    # The fast path computes the eager model's logits up to float rounding (see tinylora.fastpath) and updates
+    # with fused AdamW, one kernel for all parameters, which also differs from the default loop in the last
+    # bits. The eager modules use foreach AdamW, which matches the default loop bit for bit.
+    forward = make_forward(model, config.fast, config.cache_dequantized)
+    fast = forward is not model
+    if fast:
+        # Process-wide: later steps reuse freed memory instead of faulting in fresh pages (see the module).
+        keep_freed_memory()
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, foreach=not fast, fused=fast)
     yield {"type": "start", "trainable": count_parameters(model, trainable_only=True),
            "total": count_parameters(model), "steps_total": steps_per_epoch * config.epochs}
 

@@ -212,11 +212,14 @@ def _wrap(label: str, width: int = 16) -> str:
 def memory_chart(table, title: str, unit: str = "KiB") -> go.Figure:
     """Plot training memory per method variant, stacked: frozen base, trainable weights, gradients, AdamW state.
 
-    `table` has `label` and the byte columns of `tinylora.memory.estimate_memory`.
+    `table` has `label` and the byte columns of `tinylora.memory.estimate_memory`. When any row includes a float32
+    copy of a quantized base (`dequantized_copy_bytes`), that copy is a fifth part of the stack.
     """
     scale = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[unit]
     parts = [("frozen_base_bytes", "frozen base weights"), ("trainable_bytes", "trainable weights"),
              ("gradient_bytes", "gradients"), ("optimizer_bytes", "AdamW state")]
+    if "dequantized_copy_bytes" in table and table.dequantized_copy_bytes.any():
+        parts.append(("dequantized_copy_bytes", "float32 copy of the quantized base"))
     fig = go.Figure()
     for i, (column, name) in enumerate(parts):
         fig.add_trace(go.Bar(x=[_wrap(label) for label in table.label], y=(table[column] / scale).tolist(),

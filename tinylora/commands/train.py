@@ -35,8 +35,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seeds model and adapter initialisation and the batch order (default %(default)s)")
     parser.add_argument("--fast", choices=list(FAST_MODES), default=dt.fast,
                         help="auto: the fused fast path for LoRA and QLoRA, eager modules for a full finetune; "
-                             "fused: the fast path for every method; off: eager modules, bit for bit the "
-                             "reference recipe (default %(default)s)")
+                             "fused: the fast path for every method; bf16: the fast path with bfloat16 "
+                             "matmuls in the linear layers (changes results); off: eager modules, bit for bit "
+                             "the reference recipe (default %(default)s)")
+    parser.add_argument("--cache-dequantized", action=argparse.BooleanOptionalAction, default=dt.cache_dequantized,
+                        help="QLoRA on the fast path: dequantize the frozen base once and keep a float32 copy "
+                             "while training, or dequantize it every step (default: keep the copy)")
     parser.add_argument("--quant-modules", choices=["all", "targets"], default=dq.modules,
                         help="QLoRA: quantize every frozen block linear, or only the LoRA targets as the "
                              "reference notebook does (default %(default)s)")
@@ -54,7 +58,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         base=args.base,
         lora=LoRAConfig(r=args.r, lora_alpha=args.lora_alpha, target_modules=targets, use_rslora=args.use_rslora),
         train=TrainConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                          fast=args.fast),
+                          fast=args.fast, cache_dequantized=args.cache_dequantized),
         quant=QuantOptions(modules=args.quant_modules, block_size=args.block_size, double_quant=args.double_quant),
     )
 
