@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from tinylora.config import METHODS, RunConfig
-from tinylora.fastpath import FAST_MODES, keep_freed_memory, make_forward
+from tinylora.fastpath import FAST_MODES, keep_freed_memory, make_forward  # noqa: F401  (bench.__main__ calls it)
 from tinylora.flops import training_step_flops
 from tinylora.methods import build_model
 from tinylora.quant import QuantizedLinear

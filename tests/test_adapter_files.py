@@ -12,14 +12,14 @@ import pytest
 import safetensors.torch
 import torch
 
-from tinylora import adapter_files, atomic
+from tinylora import atomic
 from tinylora.adapter_files import (
     CONFIG_NAME, MAX_UPLOAD_BYTES, WEIGHTS_NAME, AdapterFileError, adapter_file_bytes, adapter_from_model,
     load_adapter, load_full_state, read_adapter, read_adapter_upload, read_adapter_zip, save_adapter,
     save_full_state, validate_adapter, write_adapter, zip_adapter,
 )
 from tinylora.config import RunConfig, TrainConfig
-from tinylora.lora import TARGETABLE, LoRAConfig, LoRALinear, lora_layers
+from tinylora.lora import TARGETABLE, LoRAConfig, lora_layers
 from tinylora.model import ModelConfig, TinyClassifier
 from tinylora.quant import QuantConfig, QuantizedLinear, quantize_model
 from tinylora.tasks import make_data

@@ -1,7 +1,5 @@
 """Tests for the operators of tinylora.fastpath: each hand-written backward against autograd on tiny inputs."""
 
-import math
-
 import pytest
 import torch
 import torch.nn as nn
