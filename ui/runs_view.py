@@ -1,7 +1,6 @@
 """The parts of the Runs page: the runs table with row selection, overlaid curves, run actions and uploads."""
 
 import hashlib
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -19,9 +18,8 @@ from tinylora.weights import ADAPTER_DIR
 from .charts import COLORS, overlay_chart
 from .controls import apply_config_to_widgets
 
-APP_ROOT = Path(__file__).resolve().parent.parent
 TRAIN_PAGE = "pages/train.py"
-ADAPTERS_PAGE = "pages/adapters.py"  # built separately; its button stays disabled until the file exists
+ADAPTERS_PAGE = "pages/adapters.py"
 SELECTED = "runs_selected"  # session key: the ids of the selected runs, which outlive the table's row positions
 
 # The table's columns, in display order: the outcome first, so that it stays in view on narrow screens.
@@ -184,12 +182,10 @@ def run_actions(store: RunStore, runs: list[Run]) -> None:
                                 on_click="ignore", icon=":material/download:")
 
     has_adapter = (store.run_dir(run.id) / ADAPTER_DIR).is_dir()
-    adapters_page = (APP_ROOT / ADAPTERS_PAGE).is_file()
-    adapters_help = ("Open this run's adapter on the Adapters page" if adapters_page and has_adapter else
-                     "The Adapters page is not part of this app yet" if not adapters_page else
+    adapters_help = ("Open this run's adapter on the Adapters page" if has_adapter else
                      f"Run {run.id} has no adapter to open")
-    if row.button("Open in Adapters", key="runs_open_adapters", disabled=not (adapters_page and has_adapter),
-                      help=adapters_help, icon=":material/extension:"):
+    if row.button("Open in Adapters", key="runs_open_adapters", disabled=not has_adapter,
+                  help=adapters_help, icon=":material/extension:"):
         st.session_state["adapters_open_run"] = run.id
         st.switch_page(ADAPTERS_PAGE)
 
