@@ -49,6 +49,7 @@ FLUSH_SECONDS = 0.1  # how often a worker writes buffered events to the store
 STOP_POLL_SECONDS = 0.2  # how often a worker reads the stop flag
 HEARTBEAT_SECONDS = 2.0
 INTERRUPTED_CHECK_SECONDS = 2.0  # how often the runner looks for running runs whose worker is gone
+CLAIM_CHECK_SECONDS = 1.0  # the longest the runner goes without looking for queued runs
 
 
 def max_runs() -> int:
@@ -295,15 +296,22 @@ class Runner:
             return
         log.info("runner %d started for %s (max %d runs)", os.getpid(), self.store.home, max_runs())
         self.store.mark_interrupted()
-        idle_since = last_check = time.monotonic()
+        idle_since = last_check = last_claim = time.monotonic()
+        last_signature = None
         while True:
-            self.reap()
+            reaped = self.reap()
             if time.monotonic() - last_check >= INTERRUPTED_CHECK_SECONDS:
                 # Workers of a runner that died are nobody's children: find the ones that are gone too.
                 for run_id in self.store.mark_interrupted():
                     log.warning("run %s interrupted: its worker process is gone", run_id)
                 last_check = time.monotonic()
-            started = self.start_queued()
+            # Look for queued runs only when the database changed or a slot freed up (and once a second in any
+            # case): the queries cost a share of a core at this polling rate, which a training worker lacks.
+            signature = self.store.file_signature()
+            started = False
+            if reaped or signature != last_signature or time.monotonic() - last_claim >= CLAIM_CHECK_SECONDS:
+                last_signature, last_claim = signature, time.monotonic()
+                started = self.start_queued()
             if self.children or started:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > self.idle_exit:
@@ -339,11 +347,14 @@ class Runner:
         log.info("run %s (%s) started in worker %d", run.id, run.kind, pid)
         return pid
 
-    def reap(self) -> None:
+    def reap(self) -> bool:
+        """Collect the workers that exited, failing any run whose worker ended before it did; True if any did."""
+        reaped = False
         for pid, run_id in list(self.children.items()):
             done, status = os.waitpid(pid, os.WNOHANG)
             if not done:
                 continue
+            reaped = True
             del self.children[pid]
             self.coordinators.discard(pid)
             if os.WIFSIGNALED(status):
@@ -352,6 +363,7 @@ class Runner:
                 reason = f"the worker process exited with code {os.WEXITSTATUS(status)}"
             if self.store.finish_run(run_id, "failed", reason + " before the run ended", only_if_active=True):
                 log.error("run %s failed: %s", run_id, reason)
+        return reaped
 
 
 def threads_per_run() -> int:

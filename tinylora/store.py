@@ -175,6 +175,21 @@ class RunStore:
         finally:
             db.close()
 
+    def file_signature(self) -> tuple:
+        """Return the modification times and sizes of the database and its write-ahead log.
+
+        In WAL mode every commit writes to the log, so a changed signature means that some connection may have
+        committed; an unchanged one almost always means none did. Cheaper than opening a connection.
+        """
+        signature = []
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                stat = path.stat()
+                signature.append((stat.st_mtime_ns, stat.st_size))
+            except OSError:
+                signature.append(None)
+        return tuple(signature)
+
     def check(self) -> None:
         """Read every page of the runs table once, so a corrupt table raises `StoreError` here and not mid-page."""
         with self._connect() as db:
