@@ -11,7 +11,10 @@ from tinylora.store import RunStore, StoreError
 
 from .charts import accuracy_chart, loss_chart
 
-REFRESH_SECONDS = 0.25  # chart updates while a run is active: 4 a second
+REFRESH_SECONDS = 0.25  # status and loss chart updates while a run is active: 4 a second
+STATUS_REFRESH_SECONDS = 0.5  # the progress bar and metrics
+ACCURACY_REFRESH_SECONDS = 1.0  # the accuracy chart gains a point per epoch, so it refreshes less often
+CHART_CONFIG = {"displayModeBar": False}
 STALE_SECONDS = 3 * HEARTBEAT_SECONDS  # a running run's worker writes a heartbeat every HEARTBEAT_SECONDS
 
 
@@ -90,14 +93,6 @@ def _summary_metrics(p: RunProgress) -> None:
                    help="after the latest evaluation (one per epoch)")
 
 
-def _charts(p: RunProgress, key: str) -> None:
-    left, right = st.columns(2)
-    left.plotly_chart(loss_chart({"train": (p.steps, p.losses)}), key=f"{key}-loss",
-                      config={"displayModeBar": False})
-    right.plotly_chart(accuracy_chart({"validation": (p.eval_epochs, p.eval_accs)}), key=f"{key}-acc",
-                       config={"displayModeBar": False})
-
-
 def empty_charts(key: str) -> None:
     """Draw the run view's two charts with no points yet.
 
@@ -105,41 +100,74 @@ def empty_charts(key: str) -> None:
     page, so the first point of a run appears as soon as it exists instead of after that one-time load.
     """
     left, right = st.columns(2)
-    left.plotly_chart(loss_chart({"train": ([], [])}), key=f"{key}-empty-loss", config={"displayModeBar": False})
-    right.plotly_chart(accuracy_chart({"validation": ([], [])}), key=f"{key}-empty-acc",
-                       config={"displayModeBar": False})
+    left.plotly_chart(loss_chart({"train": ([], [])}), key=f"{key}-empty-loss", config=CHART_CONFIG)
+    right.plotly_chart(accuracy_chart({"validation": ([], [])}), key=f"{key}-empty-acc", config=CHART_CONFIG)
 
 
 def live_run_view(store: RunStore, run_id: str, key: str = "run") -> RunProgress | None:
-    """Draw a run and keep it updating while it is queued or running; return its progress at draw time."""
+    """Draw a run and keep it updating while it is queued or running; return its progress at draw time.
+
+    Three fragments refresh the view: the status line and metrics, and the loss chart, REFRESH_SECONDS apart;
+    the accuracy chart, which gains one point per epoch, ACCURACY_REFRESH_SECONDS apart. Each refresh
+    re-renders its chart in the browser, and on a 2-core machine that rendering takes CPU from the run.
+    """
     cache_key = f"_progress_{key}"
     first = read_progress(store, run_id, st.session_state.get(cache_key))
     if first is None:
         st.warning(f"Run {run_id} was not found in {store.path}. It may have been deleted; start a new run.")
         return None
     st.session_state[cache_key] = first
+    active = first.run.active
 
-    @st.fragment(run_every=REFRESH_SECONDS if first.run.active else None)
-    def view() -> None:
+    def latest() -> RunProgress | None:
+        progress = read_progress(store, run_id, st.session_state.get(cache_key))
+        if progress is not None:
+            st.session_state[cache_key] = progress
+        return progress
+
+    @st.fragment(run_every=STATUS_REFRESH_SECONDS if active else None)
+    def status_view() -> None:
         try:
-            progress = read_progress(store, run_id, st.session_state.get(cache_key))
-            if progress.run.status == "running" and time.time() - (progress.run.heartbeat or 0) > STALE_SECONDS:
+            progress = latest()
+            if (progress is not None and progress.run.status == "running"
+                    and time.time() - (progress.run.heartbeat or 0) > STALE_SECONDS):
                 # No heartbeat for a while: if the worker is gone, show the run as interrupted now.
                 store.mark_interrupted()
-                progress = read_progress(store, run_id, progress)
+                progress = latest()
         except StoreError as error:
             st.error(str(error), icon=":material/error:")
             return
         if progress is None:
             st.warning(f"Run {run_id} was deleted.")
             return
-        st.session_state[cache_key] = progress
         st.caption(f"Run `{run_id}` · {describe_config(progress.run.config)}")
         _status_message(store, progress)
         _summary_metrics(progress)
-        _charts(progress, key)
-        if first.run.active and not progress.run.active:
-            st.rerun()  # the run ended: redraw the page so the buttons and polling follow
+        if active and not progress.run.active:
+            st.rerun()  # the run ended: redraw the page so the buttons, charts and polling follow
 
-    view()
+    def chart_view(draw) -> None:
+        try:
+            progress = latest()
+        except StoreError:
+            return  # the status view above names the error
+        if progress is not None:
+            draw(progress)
+
+    @st.fragment(run_every=REFRESH_SECONDS if active else None)
+    def loss_view() -> None:
+        chart_view(lambda p: st.plotly_chart(loss_chart({"train": (p.steps, p.losses)}), key=f"{key}-loss",
+                                             config=CHART_CONFIG))
+
+    @st.fragment(run_every=ACCURACY_REFRESH_SECONDS if active else None)
+    def accuracy_view() -> None:
+        chart_view(lambda p: st.plotly_chart(accuracy_chart({"validation": (p.eval_epochs, p.eval_accs)}),
+                                             key=f"{key}-acc", config=CHART_CONFIG))
+
+    status_view()
+    left, right = st.columns(2)
+    with left:
+        loss_view()
+    with right:
+        accuracy_view()
     return first
