@@ -49,8 +49,8 @@ def test_default_lora_run_matches_reference_log(threads):
 
 def test_qlora_int8_on_targets_matches_reference():
     # The notebook quantizes only the LoRA targets and reports a final accuracy of 0.992. The eager path gives
-    # it at any thread count; the default fast path gives it at one thread (a worker's count on 2 cores) and
-    # 0.990 at two, where its float sums run in another order and flip one validation example.
+    # it at any thread count. The default fast path gives it at one thread, a worker's count on 2 cores. At two
+    # threads its float sums run in another order, which flips one validation example (0.990).
     config = RunConfig(method="qlora-int8", quant=QuantOptions(modules="targets"))
     assert eval_log(dataclasses.replace(config, train=TrainConfig(fast="off")))[-1] == 0.992
     with torch_threads(1):

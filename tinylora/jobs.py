@@ -49,7 +49,7 @@ FLUSH_SECONDS = 0.1  # how often a worker writes buffered events to the store
 STOP_POLL_SECONDS = 0.2  # how often a worker reads the stop flag
 HEARTBEAT_SECONDS = 2.0
 INTERRUPTED_CHECK_SECONDS = 2.0  # how often the runner looks for running runs whose worker is gone
-CLAIM_CHECK_SECONDS = 1.0  # the longest the runner goes without looking for queued runs
+CLAIM_CHECK_SECONDS = 1.0  # maximum time between two looks for queued runs
 
 
 def max_runs() -> int:

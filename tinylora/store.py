@@ -178,8 +178,9 @@ class RunStore:
     def file_signature(self) -> tuple:
         """Return the modification times and sizes of the database and its write-ahead log.
 
-        In WAL mode every commit writes to the log, so a changed signature means that some connection may have
-        committed; an unchanged one almost always means none did. Cheaper than opening a connection.
+        In WAL mode every commit writes to the log, so a changed signature means that a connection may have
+        committed. An unchanged one almost always means that none did. Reading it costs two stat calls, far
+        less than opening a connection.
         """
         signature = []
         for path in (self.path, self.path.with_name(self.path.name + "-wal")):

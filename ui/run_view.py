@@ -107,9 +107,10 @@ def empty_charts(key: str) -> None:
 def live_run_view(store: RunStore, run_id: str, key: str = "run") -> RunProgress | None:
     """Draw a run and keep it updating while it is queued or running; return its progress at draw time.
 
-    Three fragments refresh the view: the status line and metrics, and the loss chart, REFRESH_SECONDS apart;
-    the accuracy chart, which gains one point per epoch, ACCURACY_REFRESH_SECONDS apart. Each refresh
-    re-renders its chart in the browser, and on a 2-core machine that rendering takes CPU from the run.
+    Three fragments refresh at their own rates: the loss chart every REFRESH_SECONDS, the status line and
+    metrics every STATUS_REFRESH_SECONDS, and the accuracy chart, which gains one point per epoch, every
+    ACCURACY_REFRESH_SECONDS. Each refresh makes the browser re-render what it draws, and on a 2-core machine
+    that rendering takes CPU from the training worker.
     """
     cache_key = f"_progress_{key}"
     first = read_progress(store, run_id, st.session_state.get(cache_key))
