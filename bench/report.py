@@ -140,7 +140,7 @@ def render(results: dict) -> str:
     if "lab" in results:
         lab = results["lab"]
         lines += ["### The lab against the reference", "",
-                  f"`python -m {lab['command']}` ({lab['workers']} worker processes, as by default) against "
+                  f"`python {lab['command']}` ({lab['workers']} worker processes, as by default) against "
                   "`python -m bench.lab_reference`, which runs the same trainings as plain eager PyTorch one after "
                   "another in one process. Each ran as a fresh process, timed from start to exit; the two took "
                   "turns. `fraction` is the lab's time over the reference's, per repetition.", "",
