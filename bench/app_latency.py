@@ -11,12 +11,15 @@ into BENCHMARKS.md with the machine's load average at the time.
 - Update rate: how often the loss chart's point count changes per second while the run trains.
 - Attached vs headless: the run's own steps per second, interleaved with the same run submitted with no
   browser open, so both see the same machine load.
+- Control: the same headless run while a second process spins on the other core (a Python busy loop that
+  touches no memory). It shows what any work beside the worker costs it on this machine, browser or not.
 """
 
 import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -107,6 +110,16 @@ def headless_run(store: RunStore, epochs: int) -> float:
     return store.get_run(run_id).summary["steps_per_second"]
 
 
+def busy_core_run(store: RunStore, epochs: int) -> float:
+    """Return a headless run's steps per second while another process keeps one core busy."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        return headless_run(store, epochs)
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3, help="interleaved browser and headless runs (default 3)")
@@ -114,12 +127,13 @@ def main() -> int:
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="tinylora-bench-"))
     store = RunStore(home)
-    browser, headless = [], []
+    browser, headless, busy = [], [], []
     with streamlit_server(home) as url, chromium_page() as page:
         for _ in range(args.reps):
             browser.append(browser_run(page, url, store, args.epochs))
             page.goto("about:blank")  # no browser attached to the app during the headless run
             headless.append(headless_run(store, args.epochs))
+            busy.append(busy_core_run(store, args.epochs))
     ratios = [b["steps_per_second"] / h for b, h in zip(browser, headless)]
     result = {
         "command": "python bench/app_latency.py " + " ".join(sys.argv[1:]),
@@ -133,6 +147,8 @@ def main() -> int:
         "steps_per_second_headless": headless,
         "browser_over_headless": ratios,
         "browser_over_headless_median": statistics.median(ratios),
+        "steps_per_second_busy_core": busy,
+        "busy_core_over_headless": [b / h for b, h in zip(busy, headless)],
     }
     print(json.dumps(result, indent=2))
     return 0
