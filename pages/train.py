@@ -4,7 +4,7 @@ import streamlit as st
 
 from tinylora import jobs
 from tinylora.config import RunConfig
-from tinylora.store import StoreError
+from tinylora.store import Run, RunStore, StoreError
 from ui.common import get_store, page_header, session_owner, start_runner
 from ui.controls import apply_config_to_widgets, run_config_controls
 from ui.run_view import empty_charts, live_run_view
@@ -16,12 +16,31 @@ page_header("Train", "Pick a fine-tuning method and its hyperparameters, press T
                      "and refreshes never stop it.")
 
 
+# Pages that show the runs of other kinds, for a run id in this page's URL that is not a training run.
+PAGE_OF_KIND = {"adapters": ("pages/adapters.py", "Adapters"), "forgetting": ("pages/forgetting.py", "Forgetting"),
+                "learns_less": ("pages/forgetting.py", "Forgetting"), "sweep": ("pages/sweep.py", "Sweep")}
+SHOWN_KINDS = ("train", "upload")  # kinds whose run view this page draws
+
+
+def active_run_of_session(store: RunStore, owner: str) -> Run | None:
+    """Return the newest queued or running training run that this browser session started, if any.
+
+    The store, not the URL, is the record: two clicks a few milliseconds apart send two reruns that both
+    carry the URL from before the first click, so a guard on the URL alone lets the second start a duplicate.
+    """
+    runs = store.list_runs(kind="train", statuses=("queued", "running"))
+    return next((run for run in runs if run.owner == owner), None)
+
+
 def start_run() -> None:
     """Queue a run with the settings drawn in the last script run (a button callback, before the rerun)."""
     run_id = st.query_params.get("run")
     current = store.get_run(run_id) if run_id else None
+    if current is None or not current.active:
+        current = active_run_of_session(store, session_owner())
     config = st.session_state.get("_train_config")
     if current is not None and current.active:
+        st.query_params["run"] = current.id
         st.session_state._train_notice = f"Run {current.id} is still {current.status}; stop it before starting another."
     elif config is None:
         st.session_state._train_notice = "The settings are invalid; fix the error shown under them."
@@ -42,6 +61,11 @@ def stop_run() -> None:
 
 
 run_id = st.query_params.get("run")
+if not run_id:
+    # Back on Train from another page (or after a rerun that carried an old URL): show the run still going.
+    mine = active_run_of_session(store, session_owner())
+    if mine is not None:
+        run_id = st.query_params["run"] = mine.id
 run = store.get_run(run_id) if run_id else None
 
 # A fresh session opened on a run's URL shows that run's settings in the controls.
@@ -53,7 +77,8 @@ if run is not None and st.session_state.get("_train_loaded") != run_id and run.k
             pass
     st.session_state._train_loaded = run_id
 
-active = run is not None and run.active
+elsewhere = run is not None and run.kind not in SHOWN_KINDS
+active = run is not None and run.active and not elsewhere
 with st.sidebar:
     st.subheader("Settings")
     config, error = run_config_controls("train_")
@@ -70,7 +95,13 @@ notice = st.session_state.pop("_train_notice", None)
 if notice:
     st.info(notice)
 
-if run_id:
+if elsewhere:
+    page, title = PAGE_OF_KIND.get(run.kind, ("pages/runs.py", "Runs"))
+    st.warning(f"Run {run.id} is a {run.kind.replace('_', ' ')} run, not a training run, so this page cannot show "
+               f"it. Open it on the {title} page.", icon=":material/warning:")
+    st.page_link(page, label=f"Open {title}", icon=":material/arrow_forward:")
+    empty_charts("train")
+elif run_id:
     live_run_view(store, run_id, key="train")
 else:
     st.info("Choose settings in the sidebar and press **Train**. The defaults are the reference notebook's LoRA run "

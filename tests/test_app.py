@@ -87,8 +87,16 @@ def test_second_click_while_active_starts_nothing(home, store):
     ("train_lr", "abc", "learning rate 'abc' is not a number"),
     ("train_lr", "nan", "learning rate must be a positive finite number"),
     ("train_lr", "-1e-3", "learning rate must be a positive finite number"),
-    ("train_epochs", 0, "epochs must be at least 1, got 0"),
+    ("train_epochs", 0, "epochs must be between 1 and 500, got 0"),
     ("train_targets", [], "LoRA needs at least one target module"),
+    # Values outside a box's range reach the check and are named, instead of being replaced by the last valid one.
+    ("train_r", 300, "got 300"),
+    ("train_epochs", 501, "epochs must be between 1 and 500, got 501"),
+    ("train_batch_size", 5000, "batch size must be between 1 and 1024, got 5000"),
+    ("train_batch_size", 0, "batch size must be between 1 and 1024, got 0"),
+    ("train_lora_alpha", -3.0, "lora_alpha must be a positive number up to 1024, such as 8, got -3.0"),
+    ("train_lora_alpha", 2000.0, "got 2000.0"),
+    ("train_seed", -1, "seed must be between 0 and 2147483647, got -1"),
 ])
 def test_invalid_setting_shows_error_and_starts_nothing(home, store, key, value, message):
     at = app().run()
@@ -125,3 +133,43 @@ def test_unknown_run_id_shows_warning(home):
     at.run()
     assert not at.exception
     assert any("was not found" in w.value for w in at.warning)
+
+
+def test_rerun_with_old_url_starts_no_duplicate(home, store):
+    from tinylora import jobs
+    from tinylora.config import RunConfig, TrainConfig
+
+    at = app().run()
+    # A first click queued this session's run, but the second click's rerun still carries the URL without it.
+    first = jobs.submit(store, "train", RunConfig(train=TrainConfig(epochs=400)).to_dict(), owner=at.session_state.owner)
+    at.button(key="train_button").click().run()
+    assert [run.id for run in store.list_runs()] == [first]
+    assert any(f"Run {first} is still" in i.value for i in at.info)
+    assert at.query_params["run"] in (first, [first])
+    store.request_stop(first)
+
+
+def test_train_page_finds_the_session_run(home, store):
+    from tinylora import jobs
+    from tinylora.config import RunConfig, TrainConfig
+
+    at = app().run()
+    # Train, then another page, then Train from the sidebar: the URL has no run id any more.
+    run_id = jobs.submit(store, "train", RunConfig(train=TrainConfig(epochs=400)).to_dict(),
+                         owner=at.session_state.owner)
+    at.run()
+    assert at.query_params["run"] in (run_id, [run_id])
+    assert any(run_id in c.value for c in at.caption)
+    assert at.button(key="train_button").disabled
+    assert not at.button(key="stop_button").disabled
+    store.request_stop(run_id)
+
+
+def test_run_of_another_kind_names_its_page(home, store):
+    run_id = store.create_run("adapters", {"tasks": ["odd_majority", "first_lt_last"]})
+    at = app()
+    at.query_params["run"] = run_id
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("adapters run, not a training run" in w.value and "Adapters page" in w.value for w in at.warning)
+    assert at.button(key="stop_button").disabled

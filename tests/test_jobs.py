@@ -94,7 +94,7 @@ def test_one_runner_per_data_directory(store):
 
 def test_invalid_job_is_not_queued(store):
     bad = RunConfig(train=TrainConfig(epochs=0)).to_dict()
-    with pytest.raises(ValueError, match="epochs must be at least 1"):
+    with pytest.raises(ValueError, match="epochs must be between 1 and 500"):
         jobs.submit(store, "train", bad)
     with pytest.raises(ValueError, match="unknown job kind 'bake'"):
         jobs.submit(store, "bake", {})

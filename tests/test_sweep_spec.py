@@ -119,7 +119,7 @@ def test_parse_axis_text(name, text, expected):
     ({"axes": {"r": [2, 65], "target_modules": ["proj"]}}, "r must be between 1 and 64 for proj (64 -> 64), got 65"),
     ({"axes": {"lr": [-1e-3]}}, "learning rate must be a positive finite number"),
     ({"axes": {"lr": ["abc"]}}, "axis lr: 'abc' is not a number"),
-    ({"axes": {"lora_alpha": [0]}}, "lora_alpha must be a positive finite number"),
+    ({"axes": {"lora_alpha": [0]}}, "lora_alpha must be a positive number up to 1024"),
     ({"axes": {"r": [2, 2]}}, "axis r lists 2 more than once"),
     ({"axes": {"r": ["two"]}}, "axis r: 'two' is not a whole number"),
     ({"axes": {"seed": [-1]}}, "seed -1 is out of range"),

@@ -33,6 +33,12 @@ METHOD_LABELS = {
     "qlora-nf4": "QLoRA (NF4 base)",
 }
 MAX_R = 64
+# Upper bounds of the settings a person types: far above anything useful here, low enough that a typo does not
+# queue a run of hours or a batch larger than the training set many times over.
+MAX_EPOCHS = 500
+MAX_BATCH_SIZE = 1024
+MAX_LORA_ALPHA = 1024.0
+MAX_SEED = 2**31 - 1
 
 # Frozen bases: the seed's random initialisation, or a base fully finetuned on one task and cached on disk
 # (tinylora.checkpoints trains it once).
@@ -114,10 +120,12 @@ class RunConfig:
         t = self.train
         if not (isinstance(t.lr, (int, float)) and math.isfinite(t.lr) and t.lr > 0):
             raise ValueError(f"learning rate must be a positive finite number such as 5e-3, got {t.lr!r}")
-        if t.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {t.epochs}")
-        if t.batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {t.batch_size}")
+        if not 1 <= t.epochs <= MAX_EPOCHS:
+            raise ValueError(f"epochs must be between 1 and {MAX_EPOCHS}, got {t.epochs}")
+        if not 1 <= t.batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"batch size must be between 1 and {MAX_BATCH_SIZE}, got {t.batch_size}")
+        if not 0 <= t.seed <= MAX_SEED:
+            raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {t.seed}")
         if t.fast not in FAST_MODES:
             raise ValueError(f"train.fast must be one of {', '.join(FAST_MODES)}, got {t.fast!r}")
         if not isinstance(t.cache_dequantized, bool):
@@ -145,8 +153,9 @@ class RunConfig:
         if not 1 <= lc.r <= max_r:
             d_in, d_out = shapes[smallest]
             raise ValueError(f"r must be between 1 and {max_r} for {smallest} ({d_in} -> {d_out}), got {lc.r}")
-        if not (math.isfinite(lc.lora_alpha) and lc.lora_alpha > 0):
-            raise ValueError(f"lora_alpha must be a positive finite number such as 8, got {lc.lora_alpha!r}")
+        if not (math.isfinite(lc.lora_alpha) and 0 < lc.lora_alpha <= MAX_LORA_ALPHA):
+            raise ValueError(f"lora_alpha must be a positive number up to {MAX_LORA_ALPHA:g}, such as 8, "
+                             f"got {lc.lora_alpha!r}")
         if not 0 <= lc.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {lc.lora_dropout!r}")
 

@@ -1,5 +1,6 @@
 """Plotly figures shared by the pages."""
 
+import math
 import textwrap
 
 import numpy as np
@@ -27,6 +28,10 @@ def loss_chart(series: dict[str, tuple[list[float], list[float]]], title: str = 
                                  line=dict(color=COLORS[i % len(COLORS)], width=1.6)))
     fig = _layout(fig, title, "step", "cross-entropy loss")
     fig.update_layout(showlegend=len(series) > 1)
+    fig.update_yaxes(rangemode="tozero")  # a loss is never negative
+    if not any(len(steps) for steps, _ in series.values()):
+        fig.update_xaxes(range=[0, 10])  # Plotly's default range for no data runs from -1
+        fig.update_yaxes(range=[0, 1])
     return fig
 
 
@@ -42,6 +47,12 @@ def accuracy_chart(series: dict[str, tuple[list[float], list[float]]], title: st
     fig = _layout(fig, title, x_title, "accuracy")
     fig.update_yaxes(range=[0.0, 1.02])
     fig.update_layout(showlegend=len(series) > 1)
+    if x_title == "epoch":
+        # Whole epochs only: Plotly would put ticks at 1.5 and 2.5 on a short run.
+        last = max((max(xs) for xs, _ in series.values() if len(xs)), default=0)
+        fig.update_xaxes(tickmode="linear", tick0=1, dtick=max(1, math.ceil(last / 10)))
+        if not last:
+            fig.update_xaxes(range=[0.5, 8.5])
     return fig
 
 

@@ -64,10 +64,12 @@ def run_config_controls(prefix: str = "train_", disabled: bool = False) -> tuple
 
     uses_lora = method != "full"
     col_r, col_alpha = st.columns(2)
-    r = col_r.number_input("r (rank)", min_value=0, max_value=256, value=dl.r, step=1, key=f"{prefix}r",
+    # No min_value or max_value on these boxes: Streamlit keeps the last valid value when a typed one is out of
+    # range, so a bad value would train silently. RunConfig.validate names it and its range instead.
+    r = col_r.number_input("r (rank)", value=dl.r, step=1, key=f"{prefix}r",
                            disabled=disabled or not uses_lora, persist_state=keep,
                            help="Rank of the update B @ A, from 1 to 64.")
-    lora_alpha = col_alpha.number_input("lora_alpha", min_value=0.0, max_value=1024.0, value=float(dl.lora_alpha),
+    lora_alpha = col_alpha.number_input("lora_alpha", value=float(dl.lora_alpha),
                                         step=1.0, key=f"{prefix}lora_alpha", disabled=disabled or not uses_lora,
                                         persist_state=keep, help="The update is scaled by lora_alpha / r, or by "
                                                                  "lora_alpha / sqrt(r) with rsLoRA.")
@@ -96,11 +98,11 @@ def run_config_controls(prefix: str = "train_", disabled: bool = False) -> tuple
     lr_text = st.text_input("Learning rate", value=f"{dt.lr:g}", key=f"{prefix}lr", disabled=disabled,
                             persist_state=keep, help="AdamW learning rate, e.g. 5e-3.")
     col_epochs, col_batch, col_seed = st.columns(3)
-    epochs = col_epochs.number_input("Epochs", min_value=0, max_value=500, value=dt.epochs, step=1,
+    epochs = col_epochs.number_input("Epochs", value=dt.epochs, step=1,
                                      key=f"{prefix}epochs", disabled=disabled, persist_state=keep)
-    batch_size = col_batch.number_input("Batch size", min_value=1, max_value=1024, value=dt.batch_size, step=1,
+    batch_size = col_batch.number_input("Batch size", value=dt.batch_size, step=1,
                                         key=f"{prefix}batch_size", disabled=disabled, persist_state=keep)
-    seed = col_seed.number_input("Seed", min_value=0, max_value=2**31 - 1, value=dt.seed, step=1,
+    seed = col_seed.number_input("Seed", value=dt.seed, step=1,
                                  key=f"{prefix}seed", disabled=disabled, persist_state=keep,
                                  help="Fixes model and adapter initialisation and the batch order.")
     try:
