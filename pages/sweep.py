@@ -42,7 +42,7 @@ if not records:
             "lora_alpha in {8, 16}, train four runs of the reference LoRA setup.", icon=":material/grid_on:")
     st.stop()
 
-record = sweep_picker(records)
+record = sweep_picker(store, records)
 
 progress = sweep_progress(store, record)
 active = progress.active

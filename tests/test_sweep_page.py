@@ -187,3 +187,20 @@ def test_picker_labels_name_one_sweep_each(home, store, no_runner):
     assert at.selectbox(key="sweep_select").value == first.id
     assert query_param(at, "sweep") == first.id
     assert second.id != first.id
+
+
+def test_unknown_sweep_id_warns_and_shows_latest(home, store, no_runner):
+    save_sweep(store, SweepSpec.from_dict({"axes": {"r": [2]}}))
+    latest = save_sweep(store, SweepSpec.from_dict({"axes": {"r": [4]}}))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.run()
+    at.switch_page("pages/sweep.py")
+    at.query_params["sweep"] = "bogus"
+    at.run()
+    assert not at.exception
+    warnings = [w.value for w in at.warning]
+    assert any(f"Sweep 'bogus' was not found in {store.home / 'sweeps'}; showing the latest" in w
+               for w in warnings), warnings
+    assert at.selectbox(key="sweep_select").value == latest.id
+    assert query_param(at, "sweep") == latest.id
+    assert len(at.selectbox(key="sweep_select").options) == 2

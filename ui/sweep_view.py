@@ -7,7 +7,7 @@ import streamlit as st
 
 from tinylora.config import RunConfig
 from tinylora.store import RunStore
-from tinylora.sweep import AXIS_LABELS, SweepRecord, describe_point
+from tinylora.sweep import AXIS_LABELS, SweepRecord, describe_point, sweeps_dir
 from tinylora.sweep_results import (SweepProgress, accuracy_by_r, best_point, heatmap_data, label, points_table,
                                     results_csv, runs_table, sweep_progress, trainable_by_r)
 
@@ -42,7 +42,7 @@ def _follow_picker() -> None:
     st.query_params[SWEEP_PARAM] = st.session_state[PICKER_KEY]
 
 
-def sweep_picker(records: dict[str, SweepRecord]) -> SweepRecord:
+def sweep_picker(store: RunStore, records: dict[str, SweepRecord]) -> SweepRecord:
     """Draw the picker over `records` (newest first) and return the sweep to show.
 
     The `sweep` query parameter decides which sweep is shown, and the picker's session state is set from it on
@@ -51,7 +51,11 @@ def sweep_picker(records: dict[str, SweepRecord]) -> SweepRecord:
     """
     ids = list(records)
     requested = st.query_params.get(SWEEP_PARAM)
-    select_sweep(requested if requested in records else ids[0])
+    if requested is not None and requested not in records:
+        st.warning(f"Sweep {requested!r} was not found in {sweeps_dir(store)}; showing the latest.",
+                   icon=":material/warning:")
+        requested = None
+    select_sweep(requested or ids[0])
 
     # Statuses stay out of the labels, because Streamlit 1.67 was seen to keep showing an option's old label
     # when only its text changed. The browser sends the picked label back, so each label must name one sweep.
