@@ -23,6 +23,8 @@ def with_lora(method="lora", **changes) -> RunConfig:
     (with_lora(method="qlora-int8", target_modules=()), r"QLoRA \(int8 base\) needs at least one target module"),
     (with_lora(target_modules=("qkv", "bogus")), r"unknown target module\(s\) \['bogus'\]"),
     (with_lora(lora_alpha=0.0), "lora_alpha must be a positive finite number"),
+    (with_lora(lora_alpha=1025.0), "lora_alpha must be at most 1024, got 1025. Choose a smaller value"),
+    (with_lora(lora_alpha=1e9), "lora_alpha must be at most 1024, got 1e[+]09"),
     (with_train(lr=0.0), "learning rate must be a positive finite number such as 5e-3, got 0.0"),
     (with_train(lr=-1e-3), "learning rate must be a positive finite number"),
     (with_train(lr=float("nan")), "learning rate must be a positive finite number .* got nan"),

@@ -44,6 +44,7 @@ def test_sweep_spec_file_with_flag_override(home, capsys, tmp_path):
     (["--r", ""], "axis r has no values"),
     (["--r", "0,4"], "sweep point r=0, seed 0: r must be between 1 and 64"),
     (["--lr", "fast"], "axis lr: 'fast' is not a number"),
+    (["--lora-alpha", "16,2048"], "sweep point lora_alpha=2048, seed 0: lora_alpha must be at most 1024"),
     (["--targets", "qkv+attn"], "unknown module 'attn'"),
     (["--search", "random"], "random search needs a budget"),
     (["--resume", "no-such-sweep"], "sweep 'no-such-sweep' not found"),

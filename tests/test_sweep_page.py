@@ -46,6 +46,7 @@ def tiny(at: AppTest) -> AppTest:
     ("sweep_targets", "qkv+xyz", "unknown module 'xyz'"),
     ("sweep_seeds", "-1", "seed -1 is out of range"),
     ("sweep_lora_alpha", "8, 8", "axis lora_alpha lists 8 more than once"),
+    ("sweep_lora_alpha", "8, 1e9", "sweep point r=2, lora_alpha=1e+09, seed 0: lora_alpha must be at most 1024"),
     ("sweep_method", [], "axis method has no values"),
     ("sweep_scaling", [], "axis use_rslora has no values"),
 ])

@@ -120,6 +120,8 @@ def test_parse_axis_text(name, text, expected):
     ({"axes": {"lr": [-1e-3]}}, "learning rate must be a positive finite number"),
     ({"axes": {"lr": ["abc"]}}, "axis lr: 'abc' is not a number"),
     ({"axes": {"lora_alpha": [0]}}, "lora_alpha must be a positive finite number"),
+    ({"axes": {"lora_alpha": [8, 1e9]}}, "sweep point lora_alpha=1e+09, seed 0: lora_alpha must be at most 1024"),
+    ({"search": "random", "budget": 4, "axes": {"lora_alpha": "1..1e9 log"}}, "lora_alpha must be at most 1024"),
     ({"axes": {"r": [2, 2]}}, "axis r lists 2 more than once"),
     ({"axes": {"r": ["two"]}}, "axis r: 'two' is not a whole number"),
     ({"axes": {"seed": [-1]}}, "seed -1 is out of range"),

@@ -33,6 +33,7 @@ METHOD_LABELS = {
     "qlora-nf4": "QLoRA (NF4 base)",
 }
 MAX_R = 64
+MAX_LORA_ALPHA = 1024.0  # one cap for every run: Train and Adapters controls, the CLI and each sweep point
 
 # Frozen bases: the seed's random initialisation, or a base fully finetuned on one task and cached on disk
 # (tinylora.checkpoints trains it once).
@@ -112,6 +113,7 @@ class RunConfig:
             raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
         base_task(self.base)
         t = self.train
+        # NOTE: no upper bound on lr, because a run whose loss blows up ends as "diverged", a result sweeps keep.
         if not (isinstance(t.lr, (int, float)) and math.isfinite(t.lr) and t.lr > 0):
             raise ValueError(f"learning rate must be a positive finite number such as 5e-3, got {t.lr!r}")
         if t.epochs < 1:
@@ -147,6 +149,9 @@ class RunConfig:
             raise ValueError(f"r must be between 1 and {max_r} for {smallest} ({d_in} -> {d_out}), got {lc.r}")
         if not (math.isfinite(lc.lora_alpha) and lc.lora_alpha > 0):
             raise ValueError(f"lora_alpha must be a positive finite number such as 8, got {lc.lora_alpha!r}")
+        if lc.lora_alpha > MAX_LORA_ALPHA:
+            raise ValueError(f"lora_alpha must be at most {MAX_LORA_ALPHA:g}, got {lc.lora_alpha:g}. Choose a smaller "
+                             f"value such as 8 or 16.")
         if not 0 <= lc.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {lc.lora_dropout!r}")
 

@@ -5,7 +5,7 @@ import math
 import streamlit as st
 
 from tinylora.checkpoints import is_cached
-from tinylora.config import BASES, METHOD_LABELS, METHODS, QuantOptions, RunConfig, TrainConfig
+from tinylora.config import BASES, MAX_LORA_ALPHA, METHOD_LABELS, METHODS, QuantOptions, RunConfig, TrainConfig
 from tinylora.lora import TARGETABLE, LoRAConfig
 from tinylora.quant import BLOCK_SIZES
 from tinylora.tasks import TASKS
@@ -67,8 +67,9 @@ def run_config_controls(prefix: str = "train_", disabled: bool = False) -> tuple
     r = col_r.number_input("r (rank)", min_value=0, max_value=256, value=dl.r, step=1, key=f"{prefix}r",
                            disabled=disabled or not uses_lora, persist_state=keep,
                            help="Rank of the update B @ A, from 1 to 64.")
-    lora_alpha = col_alpha.number_input("lora_alpha", min_value=0.0, max_value=1024.0, value=float(dl.lora_alpha),
-                                        step=1.0, key=f"{prefix}lora_alpha", disabled=disabled or not uses_lora,
+    lora_alpha = col_alpha.number_input("lora_alpha", min_value=0.0, max_value=MAX_LORA_ALPHA,
+                                        value=float(dl.lora_alpha), step=1.0, key=f"{prefix}lora_alpha",
+                                        disabled=disabled or not uses_lora,
                                         persist_state=keep, help="The update is scaled by lora_alpha / r, or by "
                                                                  "lora_alpha / sqrt(r) with rsLoRA.")
     use_rslora = st.checkbox("rsLoRA scaling: lora_alpha / sqrt(r)", value=dl.use_rslora, key=f"{prefix}use_rslora",
