@@ -7,7 +7,7 @@ from tinylora.sweep import dispatchers, list_sweeps, resume_sweep, start_sweep, 
 from tinylora.sweep_results import sweep_progress
 from ui.common import get_store, page_header, session_owner, start_runner
 from ui.sweep_controls import sweep_controls
-from ui.sweep_view import live_sweep_view, progress_line, sweep_title
+from ui.sweep_view import live_sweep_view, progress_line, select_sweep, sweep_picker
 
 store = get_store()
 start_runner(store)
@@ -33,7 +33,7 @@ if start_clicked and spec is not None:
     except (ValueError, StoreError) as start_error:
         st.error(str(start_error))
     else:
-        st.query_params["sweep"] = record.id
+        select_sweep(record.id)
         st.rerun()
 
 records = {r.id: r for r in list_sweeps(store)}
@@ -42,13 +42,7 @@ if not records:
             "lora_alpha in {8, 16}, train four runs of the reference LoRA setup.", icon=":material/grid_on:")
     st.stop()
 
-chosen = st.query_params.get("sweep")
-ids = list(records)
-selected = st.selectbox("Sweep", ids, index=ids.index(chosen) if chosen in records else 0,
-                        format_func=lambda i: sweep_title(records[i]), key="sweep_select")
-if selected != chosen:
-    st.query_params["sweep"] = selected
-record = records[selected]
+record = sweep_picker(store, records)
 
 progress = sweep_progress(store, record)
 active = progress.active

@@ -1,4 +1,7 @@
-"""The Sweep page in a real headless Chromium: a 2 x 2 grid fills in live, then its best run opens on Train."""
+"""The Sweep page in a real headless Chromium: a 2 x 2 grid fills in live, then its best run opens on Train.
+
+A second test starts a sweep while an older one is shown and checks that the page switches to the new one.
+"""
 
 import re
 
@@ -6,7 +9,7 @@ import pytest
 
 from browser_support import chromium_page, require_chromium, screenshot, streamlit_server, wait_until
 from tinylora.store import RunStore
-from tinylora.sweep import dispatchers, list_sweeps
+from tinylora.sweep import SweepSpec, dispatchers, list_sweeps, save_sweep
 
 pytestmark = pytest.mark.browser
 
@@ -23,6 +26,50 @@ def set_number(page, label: str, value: int) -> None:
     box.fill(str(value))
     box.press("Enter")
     page.wait_for_timeout(300)
+
+
+def set_text(page, label: str, value: str) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(value)
+    box.press("Enter")
+    page.wait_for_timeout(300)
+
+
+def test_start_switches_page_to_new_sweep(home):
+    require_chromium()
+    store = RunStore(home)
+    old = save_sweep(store, SweepSpec.from_dict({"name": "older sweep", "axes": {"r": [2]}}))
+    with streamlit_server(home) as url, chromium_page(1400, 2000) as page:
+        page.goto(f"{url}/sweep")
+        page.get_by_role("heading", name="Sweep", exact=True).wait_for(timeout=60_000)
+        wait_until(page, lambda: f"sweep={old.id}" in page.url, timeout=30, message="the older sweep in the URL")
+        picker = page.get_by_role("combobox", name="Sweep", exact=True)
+        assert picker.input_value().startswith("older sweep (")
+
+        # One long run, so the new sweep is still running when the page has switched to it.
+        set_text(page, "r (rank)", "2")
+        set_text(page, "lora_alpha", "8")
+        set_text(page, "Name", "newer sweep")
+        page.get_by_text("Every run").click()
+        set_number(page, "Epochs", 300)
+        set_number(page, "Training examples", 256)
+        page.get_by_text("1 point × 1 seed = 1 runs").wait_for(timeout=30_000)
+        page.get_by_role("button", name="Start sweep").click()
+
+        wait_until(page, lambda: len(list_sweeps(store)) == 2, timeout=30, message="the new sweep record")
+        new = list_sweeps(store)[0]
+        assert new.spec.name == "newer sweep"
+        wait_until(page, lambda: f"sweep={new.id}" in page.url, timeout=30, message="the new sweep in the URL")
+        wait_until(page, lambda: picker.input_value().startswith("newer sweep ("), timeout=30,
+                   message="the picker to show the new sweep")
+        stop = page.get_by_role("button", name="Stop sweep")
+        wait_until(page, lambda: stop.is_enabled(), timeout=30, message="Stop to be enabled")
+        assert page.get_by_text("Running on this machine").is_visible()
+
+        stop.click()
+        wait_until(page, lambda: not dispatchers(store, new.id)[0].active, timeout=60, message="the sweep to stop")
+        wait_until(page, lambda: stop.is_disabled(), timeout=30, message="Stop to be disabled")
+        assert f"sweep={new.id}" in page.url
 
 
 def test_sweep_fills_in_and_opens_best_on_train(home):

@@ -6,6 +6,7 @@ import pytest
 
 from tinylora.cli import main
 from tinylora.store import RunStore
+from tinylora.sweep import SweepSpec, save_sweep
 
 TINY = ["--epochs", "1", "--n-train", "128", "--n-val", "64"]
 
@@ -44,11 +45,26 @@ def test_sweep_spec_file_with_flag_override(home, capsys, tmp_path):
     (["--r", ""], "axis r has no values"),
     (["--r", "0,4"], "sweep point r=0, seed 0: r must be between 1 and 64"),
     (["--lr", "fast"], "axis lr: 'fast' is not a number"),
+    (["--lora-alpha", "16,2048"], "sweep point lora_alpha=2048, seed 0: lora_alpha must be at most 1024"),
     (["--targets", "qkv+attn"], "unknown module 'attn'"),
     (["--search", "random"], "random search needs a budget"),
-    (["--resume", "no-such-sweep"], "sweep 'no-such-sweep' not found"),
+    (["--resume", "no-such-sweep"], "sweep 'no-such-sweep' was not found, because"),
+    (["--resume", "no-such-sweep"], "contains no sweeps. Start a sweep first."),
 ])
 def test_sweep_invalid_input_exits_2_and_starts_nothing(home, capsys, args, message):
     assert main(["sweep", *args]) == 2
     assert message in capsys.readouterr().err
     assert RunStore(home).list_runs() == []
+
+
+def test_resume_unknown_id_lists_stored_sweeps(home, capsys):
+    store = RunStore(home)
+    older = save_sweep(store, SweepSpec.from_dict({"axes": {"r": [2]}}))
+    newer = save_sweep(store, SweepSpec.from_dict({"axes": {"r": [4]}}))
+    assert main(["sweep", "--resume", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert f"sweep 'bogus' was not found in {home / 'sweeps'}" in err
+    assert "Choose one of the stored sweeps, newest first:" in err
+    assert older.id in err
+    assert newer.id in err
+    assert store.list_runs() == []

@@ -46,6 +46,7 @@ def tiny(at: AppTest) -> AppTest:
     ("sweep_targets", "qkv+xyz", "unknown module 'xyz'"),
     ("sweep_seeds", "-1", "seed -1 is out of range"),
     ("sweep_lora_alpha", "8, 8", "axis lora_alpha lists 8 more than once"),
+    ("sweep_lora_alpha", "8, 1e9", "sweep point r=2, lora_alpha=1e+09, seed 0: lora_alpha must be at most 1024"),
     ("sweep_method", [], "axis method has no values"),
     ("sweep_scaling", [], "axis use_rslora has no values"),
 ])
@@ -149,3 +150,58 @@ def test_train_rslora_checkbox_sets_run_config(home, store):
     wait_for(lambda: store.get_run(run.id).status == "running", timeout=60, message="the run to start")
     store.request_stop(run.id)
     wait_for(lambda: not store.get_run(run.id).active, timeout=60, message="the run to stop")
+
+
+def query_param(at: AppTest, name: str) -> str | None:
+    value = at.query_params.get(name)
+    return value[0] if isinstance(value, list) else value
+
+
+def test_start_switches_to_new_sweep(home, store, no_runner):
+    old = save_sweep(store, SweepSpec.from_dict({"base": {"train": {"epochs": 2}}, "axes": {"r": [2]}}))
+    at = sweep_page()
+    assert at.selectbox(key="sweep_select").value == old.id
+    assert query_param(at, "sweep") == old.id
+
+    at.text_input(key="sweep_name").input("second").run()
+    tiny(at).button(key="sweep_start").click().run()
+    assert not at.exception
+    [new] = [r for r in list_sweeps(store) if r.id != old.id]
+    assert query_param(at, "sweep") == new.id
+    assert at.selectbox(key="sweep_select").value == new.id
+    assert not at.button(key="sweep_stop").disabled
+
+    # Choosing the old sweep again still works, and the URL follows the picker.
+    at.selectbox(key="sweep_select").select(old.id).run()
+    assert query_param(at, "sweep") == old.id
+    assert at.button(key="sweep_stop").disabled
+
+
+def test_picker_labels_name_one_sweep_each(home, store, no_runner):
+    """The browser sends the picked label back, so two sweeps with one title must still get distinct labels."""
+    first = save_sweep(store, SweepSpec.from_dict({"name": "twin", "axes": {"r": [2]}}))
+    second = save_sweep(store, SweepSpec.from_dict({"name": "twin", "axes": {"r": [2]}}))
+    at = sweep_page()
+    picker = at.selectbox(key="sweep_select")
+    assert len(set(picker.options)) == 2
+    picker.select(first.id).run()
+    assert at.selectbox(key="sweep_select").value == first.id
+    assert query_param(at, "sweep") == first.id
+    assert second.id != first.id
+
+
+def test_unknown_sweep_id_warns_and_shows_latest(home, store, no_runner):
+    save_sweep(store, SweepSpec.from_dict({"axes": {"r": [2]}}))
+    latest = save_sweep(store, SweepSpec.from_dict({"axes": {"r": [4]}}))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.run()
+    at.switch_page("pages/sweep.py")
+    at.query_params["sweep"] = "bogus"
+    at.run()
+    assert not at.exception
+    warnings = [w.value for w in at.warning]
+    assert any(f"Sweep 'bogus' was not found in {store.home / 'sweeps'}; showing the latest" in w
+               for w in warnings), warnings
+    assert at.selectbox(key="sweep_select").value == latest.id
+    assert query_param(at, "sweep") == latest.id
+    assert len(at.selectbox(key="sweep_select").options) == 2

@@ -37,7 +37,7 @@ MAX_R = 64
 # queue a run of hours or a batch larger than the training set many times over.
 MAX_EPOCHS = 500
 MAX_BATCH_SIZE = 1024
-MAX_LORA_ALPHA = 1024.0
+MAX_LORA_ALPHA = 1024.0  # one cap for every run: Train and Adapters controls, the CLI and each sweep point
 MAX_SEED = 2**31 - 1
 
 # Frozen bases: the seed's random initialisation, or a base fully finetuned on one task and cached on disk
@@ -118,6 +118,7 @@ class RunConfig:
             raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
         base_task(self.base)
         t = self.train
+        # NOTE: no upper bound on lr, because a run whose loss blows up ends as "diverged", a result sweeps keep.
         if not (isinstance(t.lr, (int, float)) and math.isfinite(t.lr) and t.lr > 0):
             raise ValueError(f"learning rate must be a positive finite number such as 5e-3, got {t.lr!r}")
         if not 1 <= t.epochs <= MAX_EPOCHS:
@@ -153,9 +154,11 @@ class RunConfig:
         if not 1 <= lc.r <= max_r:
             d_in, d_out = shapes[smallest]
             raise ValueError(f"r must be between 1 and {max_r} for {smallest} ({d_in} -> {d_out}), got {lc.r}")
-        if not (math.isfinite(lc.lora_alpha) and 0 < lc.lora_alpha <= MAX_LORA_ALPHA):
-            raise ValueError(f"lora_alpha must be a positive number up to {MAX_LORA_ALPHA:g}, such as 8, "
-                             f"got {lc.lora_alpha!r}")
+        if not (math.isfinite(lc.lora_alpha) and lc.lora_alpha > 0):
+            raise ValueError(f"lora_alpha must be a positive finite number such as 8, got {lc.lora_alpha!r}")
+        if lc.lora_alpha > MAX_LORA_ALPHA:
+            raise ValueError(f"lora_alpha must be at most {MAX_LORA_ALPHA:g}, got {lc.lora_alpha:g}. Choose a smaller "
+                             f"value such as 8 or 16.")
         if not 0 <= lc.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {lc.lora_dropout!r}")
 

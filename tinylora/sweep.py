@@ -512,9 +512,22 @@ def load_sweep(store: RunStore, sweep_id: str) -> SweepRecord:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ValueError(f"sweep {sweep_id!r} not found in {sweeps_dir(store)}; pick one of the listed sweeps") \
-            from None
+        raise _sweep_not_found(store, sweep_id) from None
     return SweepRecord(data["id"], data["created"], data.get("owner", ""), SweepSpec.from_dict(data["spec"]))
+
+
+def _sweep_not_found(store: RunStore, sweep_id: str, max_listed: int = 10) -> ValueError:
+    """Build the error for a missing sweep id, listing up to `max_listed` stored ids, newest first."""
+    where = sweeps_dir(store)
+    # Ids begin with the local start time (sweep-YYYYmmdd-HHMMSS-...), so reverse name order is newest first.
+    ids = sorted((path.stem for path in where.glob("*.json")), reverse=True)
+    if not ids:
+        return ValueError(f"sweep {sweep_id!r} was not found, because {where} contains no sweeps. Start a sweep first.")
+    listed = ", ".join(ids[:max_listed])
+    if len(ids) > max_listed:
+        listed += f" and {len(ids) - max_listed} more"
+    return ValueError(f"sweep {sweep_id!r} was not found in {where}. Choose one of the stored sweeps, newest first: "
+                      f"{listed}")
 
 
 def list_sweeps(store: RunStore) -> list[SweepRecord]:

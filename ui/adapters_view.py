@@ -10,6 +10,7 @@ import streamlit as st
 from tinylora import jobs
 from tinylora.adapter_runs import (AdapterSet, RunAdapter, load_adapter_set, load_run_adapter, matrix_rows,
                                    parse_tokens, predictions, random_tokens, run_adapter_config, run_val_set)
+from tinylora.config import MAX_LORA_ALPHA
 from tinylora.experiment_progress import adapter_curves, read_experiment
 from tinylora.experiments import AdaptersSpec, mix_adapters
 from tinylora.quant import SCHEMES
@@ -38,7 +39,7 @@ def adapters_controls(prefix: str) -> tuple[dict | None, str | None]:
     left, right = st.columns(2)
     r = left.number_input("r (rank)", min_value=1, max_value=64, value=4, step=1, key=f"{prefix}r",
                           persist_state=keep)
-    alpha = right.number_input("lora_alpha", min_value=0.5, max_value=1024.0, value=8.0, step=1.0,
+    alpha = right.number_input("lora_alpha", min_value=0.5, max_value=MAX_LORA_ALPHA, value=8.0, step=1.0,
                                key=f"{prefix}alpha", persist_state=keep)
     epochs = left.number_input("Epochs per adapter", min_value=1, max_value=100, value=8, step=1,
                                key=f"{prefix}epochs", persist_state=keep)

@@ -7,7 +7,7 @@ import streamlit as st
 
 from tinylora.config import RunConfig
 from tinylora.store import RunStore
-from tinylora.sweep import AXIS_LABELS, SweepRecord, describe_point
+from tinylora.sweep import AXIS_LABELS, SweepRecord, describe_point, sweeps_dir
 from tinylora.sweep_results import (SweepProgress, accuracy_by_r, best_point, heatmap_data, label, points_table,
                                     results_csv, runs_table, sweep_progress, trainable_by_r)
 
@@ -19,6 +19,8 @@ CHART_CONFIG = {"displayModeBar": False}
 MEAN_OVER_ALL = "mean over all"
 NUMERIC_AXES = ("r", "lora_alpha", "lr")  # drawn on a scale; the other axes list their values
 HEATMAP_PREFERENCE = ("r", "lora_alpha", "lr", "target_modules", "use_rslora", "method", "task")
+PICKER_KEY = "sweep_select"
+SWEEP_PARAM = "sweep"  # the query parameter that names the shown sweep, as in /sweep?sweep=<id>
 
 
 def sweep_title(record: SweepRecord) -> str:
@@ -28,6 +30,39 @@ def sweep_title(record: SweepRecord) -> str:
     started = time.strftime("%b %d %H:%M", time.localtime(record.created))
     where = " on Ray" if spec.executor == "ray" else ""
     return f"{what} ({spec.search}{where}, {started})"
+
+
+def select_sweep(sweep_id: str) -> None:
+    """Show `sweep_id` from the next run on. Call it before the picker is drawn in this run."""
+    st.session_state[PICKER_KEY] = sweep_id
+    st.query_params[SWEEP_PARAM] = sweep_id
+
+
+def _follow_picker() -> None:
+    st.query_params[SWEEP_PARAM] = st.session_state[PICKER_KEY]
+
+
+def sweep_picker(store: RunStore, records: dict[str, SweepRecord]) -> SweepRecord:
+    """Draw the picker over `records` (newest first) and return the sweep to show.
+
+    The `sweep` query parameter decides which sweep is shown, and the picker's session state is set from it on
+    every run. A new sweep or a changed URL therefore wins over the picker's old value. Picking a sweep writes
+    the parameter in the widget's callback, before the next run reads it.
+    """
+    ids = list(records)
+    requested = st.query_params.get(SWEEP_PARAM)
+    if requested is not None and requested not in records:
+        st.warning(f"Sweep {requested!r} was not found in {sweeps_dir(store)}; showing the latest.",
+                   icon=":material/warning:")
+        requested = None
+    select_sweep(requested or ids[0])
+
+    # Statuses stay out of the labels, because Streamlit 1.67 was seen to keep showing an option's old label
+    # when only its text changed. The browser sends the picked label back, so each label must name one sweep.
+    titles = [sweep_title(records[i]) for i in ids]
+    labels = {i: title if titles.count(title) == 1 else f"{title} · {i}" for i, title in zip(ids, titles)}
+    chosen = st.selectbox("Sweep", ids, format_func=labels.get, key=PICKER_KEY, on_change=_follow_picker)
+    return records[chosen]
 
 
 def progress_line(progress: SweepProgress) -> str:
