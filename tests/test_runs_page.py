@@ -307,6 +307,20 @@ def test_bad_upload_through_the_page_shows_why(store):
     assert store.list_runs() == []
 
 
+def test_bin_upload_gets_the_pickle_message(store):
+    at = runs_page()
+    uploader = at.file_uploader(key="runs_upload_files_0")
+    assert list(uploader.proto.type) == []  # a type filter would make the browser reject .bin before the app sees it
+    uploader.set_value(("adapter_model.bin", b"\x80\x02}q\x00.", "application/octet-stream")).run()
+    at.button(key="runs_upload_button").click().run()
+    assert not at.exception
+    [error] = [e.value for e in at.error]
+    assert "adapter_model.bin looks like a PyTorch pickle" in error
+    assert "never unpickles" in error
+    assert "save_pretrained" in error
+    assert store.list_runs() == []
+
+
 def corrupt_header(home):
     (home / "runs.db").write_bytes(b"this is not a database" * 200)
 

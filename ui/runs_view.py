@@ -248,8 +248,10 @@ def upload_form(store: RunStore, owner: str) -> None:
     """Draw the sidebar form that stores an uploaded adapter as a run and queues its evaluation."""
     st.subheader("Upload an adapter")
     generation = st.session_state.setdefault("runs_upload_generation", 0)
+    # No `type` filter: with one, Streamlit rejects a .bin file with only "application/octet-stream files are
+    # not allowed". `store_upload` rejects it instead, by its name, with the reason and the fix.
     files = st.file_uploader(
-        "Adapter files", type=["zip", "json", "safetensors"], accept_multiple_files=True,
+        "Adapter files", accept_multiple_files=True,
         key=f"runs_upload_files_{generation}", max_upload_size=2 * MAX_UPLOAD_BYTES // 2**20,
         help="A zip of a PEFT adapter folder, or its adapter_config.json and adapter_model.safetensors. "
              "Safetensors only: pickled .bin or .pt files are never loaded.")
