@@ -38,7 +38,7 @@ TABLE_CONFIG = {
     "status": st.column_config.TextColumn("Status", width=75),
     "final_acc": st.column_config.NumberColumn("Final acc", width=70, format="%.3f",
                                                help="validation accuracy at the end of the run"),
-    "method": st.column_config.TextColumn("Method", width=85),
+    "method": st.column_config.TextColumn("Method", width=130),  # fits "qlora-int8-channel"
     "task": st.column_config.TextColumn("Task", width=105),
     "r": st.column_config.NumberColumn("r", width=35, help="LoRA rank"),
     "lora_alpha": st.column_config.NumberColumn("lora_alpha", width=75, format="plain"),
