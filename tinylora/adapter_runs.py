@@ -201,7 +201,10 @@ def predictions(adapter_set: AdapterSet | None, tokens: Sequence[int], extra: Se
     return rows
 
 
-def median_swap_seconds(model: AdapterModel, adapters: Sequence[str | None], repeats: int = 25) -> dict:
+SWAP_REPEATS = 25  # timed swaps per adapter in `median_swap_seconds`
+
+
+def median_swap_seconds(model: AdapterModel, adapters: Sequence[str | None], repeats: int = SWAP_REPEATS) -> dict:
     """Time `set_adapter` into each of `adapters` (None: the base) `repeats` times; return the median per adapter.
 
     One swap takes well under a millisecond, so a single timing is easily dominated by a busy machine's

@@ -8,10 +8,11 @@ import pandas as pd
 import streamlit as st
 
 from tinylora import jobs
-from tinylora.adapter_runs import (AdapterSet, RunAdapter, load_adapter_set, load_run_adapter, matrix_rows,
-                                   parse_tokens, predictions, random_tokens, run_adapter_config, run_val_set)
+from tinylora.adapter_runs import (SWAP_REPEATS, AdapterSet, RunAdapter, load_adapter_set, load_run_adapter,
+                                   matrix_rows, parse_tokens, predictions, random_tokens, run_adapter_config,
+                                   run_val_set)
 from tinylora.experiment_progress import adapter_curves, read_experiment
-from tinylora.experiments import AdaptersSpec, mix_adapters
+from tinylora.experiments import FORWARD_REPEATS, FORWARD_WARMUP, AdaptersSpec, mix_adapters
 from tinylora.quant import SCHEMES
 from tinylora.store import Run, RunStore, StoreError
 from tinylora.tasks import TASKS, make_data
@@ -314,14 +315,19 @@ def playground(loaded: Loaded, key: str) -> None:
         "probability": st.column_config.ProgressColumn("Probability", min_value=0.0, max_value=1.0, format="%.3f",
                                                        help="softmax probability of the predicted class"),
         "correct": st.column_config.TextColumn("Correct"),
-        "swap_us": st.column_config.NumberColumn("Swap (µs)", format="%.0f",
-                                                 help="median time of set_adapter(name) over 25 swaps, this click"),
-        "forward_us": st.column_config.NumberColumn("Forward (µs)", format="%.0f"),
+        "swap_us": st.column_config.NumberColumn(
+            "Swap, median (µs)", format="%.0f",
+            help=f"median time of set_adapter(name) over {SWAP_REPEATS} swaps, this click"),
+        "forward_us": st.column_config.NumberColumn(
+            "Forward, median (µs)", format="%.0f",
+            help=f"median time of one forward pass of this sequence over {FORWARD_REPEATS} passes, after "
+                 f"{FORWARD_WARMUP} untimed ones, this click"),
     })
-    swaps = frame["swap_us"]
-    st.caption(f"A swap took {swaps.min():.0f} to {swaps.max():.0f} µs (the median of 25 swaps into each adapter), "
-               f"against {frame['forward_us'].median():.0f} µs for one forward pass of this sequence: a swap only "
-               "repoints each LoRA layer and the head at another adapter's weights.")
+    swaps, forwards = frame["swap_us"], frame["forward_us"]
+    st.caption(f"A swap took {swaps.min():.0f} to {swaps.max():.0f} µs and a forward pass of this sequence "
+               f"{forwards.min():.0f} to {forwards.max():.0f} µs (each the median of {SWAP_REPEATS} and "
+               f"{FORWARD_REPEATS} timings per adapter): a swap only repoints each LoRA layer and the head at "
+               "another adapter's weights.")
 
 
 def correctness(row: dict) -> str:
