@@ -104,6 +104,12 @@ def describe_base(config: RunConfig) -> str:
     return f"{base} of seed {config.train.seed}, {storage}"
 
 
+def describe_set_base(spec: AdaptersSpec) -> str:
+    """Describe an adapter set's frozen base in the words of `describe_base`."""
+    storage = "float32" if spec.quant is None else f"{spec.quant} quantized"
+    return f"random base of seed {spec.train.seed}, {storage}"
+
+
 def build_run_base(config: RunConfig, home: Path | None) -> AdapterModel:
     """Build the frozen base a run trained its adapter on, without drawing from the global generator.
 
