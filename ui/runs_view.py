@@ -31,19 +31,20 @@ EXPERIMENT_PAGES = {
 SELECTED = "runs_selected"  # session key: the ids of the selected runs, which outlive the table's row positions
 
 # The table's columns, in display order: the outcome first, so that it stays in view on narrow screens.
+# The widths in pixels fit the longest method and task names and a run id in Streamlit 1.67's font.
 # `created` is left out because a run's id starts with its creation time.
 TABLE_CONFIG = {
-    "run": st.column_config.TextColumn("Run", width=170, help="The run's id (its creation time first), also "
+    "run": st.column_config.TextColumn("Run", width=165, help="The run's id (its creation time first), also "
                                                                "the name of its directory under runs/"),
     "status": st.column_config.TextColumn("Status", width=75),
     "final_acc": st.column_config.NumberColumn("Final acc", width=70, format="%.3f",
                                                help="validation accuracy at the end of the run"),
-    "method": st.column_config.TextColumn("Method", width=130),  # fits "qlora-int8-channel"
-    "task": st.column_config.TextColumn("Task", width=105),
+    "method": st.column_config.TextColumn("Method", width=125),  # fits "qlora-int8-channel"
+    "task": st.column_config.TextColumn("Task", width=95),
     "r": st.column_config.NumberColumn("r", width=35, help="LoRA rank"),
     "lora_alpha": st.column_config.NumberColumn("lora_alpha", width=75, format="plain"),
-    "targets": st.column_config.TextColumn("Targets", width=80, help="target_modules"),
-    "lr": st.column_config.NumberColumn("lr", width=55, format="%.0e", help="learning rate"),
+    "targets": st.column_config.TextColumn("Targets", width=70, help="target_modules"),
+    "lr": st.column_config.NumberColumn("lr", width=50, format="%.0e", help="learning rate"),
     "epochs": st.column_config.NumberColumn("Epochs", width=55),
     "seconds": st.column_config.NumberColumn("Seconds", width=65, format="%.1f",
                                              help="training time; for an upload, its evaluation time"),
