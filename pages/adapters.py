@@ -29,10 +29,18 @@ except StoreError as store_error:
     st.stop()
 
 extra_id = st.session_state.get(OPEN_RUN)
+set_id = run.id if run is not None and run.status in SHOWN_STATUSES else None
 if extra_id:
     left, right = st.columns([5, 1], vertical_alignment="center")
-    left.info(f"Showing run {extra_id}'s adapter from the Runs page next to the set's adapters.",
-              icon=":material/extension:")
+    if set_id is not None:
+        opened = f"Showing run {extra_id}'s adapter from the Runs page next to the adapters of set {set_id}."
+    elif run is None:
+        opened = (f"Showing run {extra_id}'s adapter from the Runs page on its own base: there is no adapter set "
+                  "to show it next to.")
+    else:
+        opened = (f"Showing run {extra_id}'s adapter from the Runs page on its own base: the adapter set {run.id} "
+                  f"is {run.status}, so its adapters are not loaded.")
+    left.info(opened, icon=":material/extension:")
     if right.button("Close it", key="adapters_close_run", icon=":material/close:"):
         st.session_state.pop(OPEN_RUN)
         st.rerun()
@@ -51,7 +59,6 @@ if run is not None and run.status not in SHOWN_STATUSES:
 if run is not None and run.status == "stopped":
     st.caption(f"This set was stopped: {run.message}. The matrix shows the adapters as they were when it stopped.")
 
-set_id = run.id if run is not None and run.status in SHOWN_STATUSES else None
 if set_id is None and not extra_id:
     st.stop()
 try:

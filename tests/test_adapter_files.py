@@ -375,7 +375,8 @@ def test_upload_wrong_model_size(adapter_dir):
 @pytest.mark.parametrize("files, message", [
     ({"a.json": b"{}"}, "upload either one zip archive or exactly two files"),
     ({"a.json": b"{}", "b.json": b"{}"}, "upload either one zip archive or exactly two files"),
-    ({"a.json": b"{}", "b.bin": b"", "c.bin": b""}, "upload either one zip archive or exactly two files"),
+    ({"a.json": b"{}", "b.safetensors": b"", "c.safetensors": b""},
+     "upload either one zip archive or exactly two files"),
     ({"a.zip": b"PK\x03\x04 not really a zip"}, "is not a valid zip archive"),
     ({"a.zip": zip_bytes({CONFIG_NAME: b"{}"})}, f"has no {WEIGHTS_NAME}"),
     ({"a.zip": zip_bytes({CONFIG_NAME: b"{}", "adapter_model.bin": b""})}, "adapter_model.bin is pickle"),

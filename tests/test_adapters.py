@@ -3,6 +3,7 @@
 import copy
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -324,6 +325,29 @@ def test_predict_each_adapter_matches_model():
         assert row["swap_seconds"] >= 0
     assert rows[1]["label"] == int(tokens[0] < tokens[-1])
     assert rows[2]["label"] is None
+
+
+def test_forward_time_is_a_warm_median():
+    model = two_adapter_model()
+    tokens = make_data("first_lt_last", 1, seed=9)[0][0].tolist()
+    real_forward = model.forward
+    calls = []
+
+    def forward(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == 1:
+            time.sleep(0.2)  # a cold first pass, as after a swap on a busy machine
+        return real_forward(*args, **kwargs)
+
+    model.forward = forward
+    rows = predict_each_adapter(model, tokens, adapters=["a"], repeats=5, warmup=1)
+    assert len(calls) == 6  # one warm-up pass and five timed ones
+    assert rows[0]["forward_seconds"] < 0.1
+
+
+def test_forward_timing_rejects_no_repeats():
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        predict_each_adapter(two_adapter_model(), [1] * 24, repeats=0)
 
 
 @pytest.mark.parametrize("tokens, match", [([1] * 23, "24 tokens"), ([16] + [1] * 23, "0 to 15"),

@@ -175,6 +175,37 @@ def test_opened_run_on_other_base_runs_alone(home):
     assert heatmap["x"][0] == "odd_majority"
     assert abs(heatmap["z"][0][0] - store.get_run(run_id).final_acc) <= 1 / TINY["n_val"]
     assert any("random base of seed 7" in c.value for c in at.caption)
+    [opened] = [i.value for i in at.info if f"run {run_id}'s adapter" in i.value]
+    assert "there is no adapter set" in opened
+    assert "next to the adapters of set" not in opened
+    assert not any("this set's" in c.value for c in at.caption)
+
+
+def test_opened_run_on_other_base_names_both(home):
+    store = RunStore(home)
+    set_id = run_job(store, "adapters", {"tasks": TASKS, "train": {**TINY, "epochs": 1}})
+    run_id = run_job(store, "train", RunConfig(task="odd_majority", train=TrainConfig(**TINY, seed=7)).to_dict())
+    at = page("adapters.py")
+    at.session_state["adapters_open_run"] = run_id
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any(f"next to the adapters of set {set_id}" in i.value for i in at.info)
+    [note] = [c.value for c in at.caption if "its own base" in c.value]
+    assert "on the random base of seed 7, float32, not on this set's random base of seed 0, float32" in note
+
+
+def test_other_base_note_with_same_words():
+    from tinylora.adapter_runs import AdapterSet, RunAdapter
+    from tinylora.experiments import AdaptersSpec
+    from ui.adapters_view import other_base_note
+
+    spec = AdaptersSpec(quant="int8")
+    adapter_set = AdapterSet("set1", model=None, spec=spec, val_sets={})
+    extra = RunAdapter("run1", "run-run1", "odd_majority", model=None, shares_base=False,
+                       base_note="random base of seed 0, int8 quantized")
+    note = other_base_note(extra, adapter_set)
+    assert "like this set, but with other model or quantization settings" in note
+    assert "not on this set's" not in note
 
 
 def test_runs_page_opens_adapter_here(home):

@@ -90,3 +90,20 @@ def test_heatmap_and_timeline_render(home):
                                       .filter(s => s.type === 'line' && s.x0 === s.x1).map(s => s.x0)""", timeline)
         assert boundaries == [2 * 16]  # phase B starts after two epochs of 16 steps on A
         screenshot(page, "forgetting-page.png")
+
+
+def test_forgetting_summary_fits_window(home):
+    require_chromium()
+    store = RunStore(home)
+    for strategy in ("sequential", "replay"):
+        run_job(store, "forgetting", {**default_params(strategy), "epochs_a": 1, "epochs_b": 1, "eval_every": 0,
+                                      "train": TINY_TRAIN}, group_id="fit")
+
+    with streamlit_server(home) as url, chromium_page(width=1280) as page:
+        open_page(page, url, "Forgetting")
+        scroller = page.locator('[data-testid="stDataFrame"] .dvn-scroller').first
+        scroller.wait_for(timeout=60_000)
+        page.get_by_text("tag [CLS] with a task id").wait_for(timeout=30_000)
+        scroll_width, client_width = scroller.evaluate("s => [s.scrollWidth, s.clientWidth]")
+        screenshot(page, "forgetting-summary-1280.png")
+        assert scroll_width <= client_width, "the summary table scrolls: some of its columns are out of view"

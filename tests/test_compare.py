@@ -1,5 +1,6 @@
 """The runs table and the metrics export of tinylora.compare, over a real store."""
 
+import csv
 import io
 
 import pandas as pd
@@ -107,6 +108,25 @@ def test_metrics_csv_round_trips(store, three_runs):
     assert len(parsed) == 13
     assert list(parsed.columns) == list(metrics_frame(store, ids).columns)
     assert parsed[parsed["type"] == "step"]["train/loss"].tolist() == [0.7, 0.6, 0.5, 0.4, 0.9, 0.8]
+
+
+def test_metrics_csv_writes_counts_as_integers(store, three_runs):
+    rows = list(csv.DictReader(io.StringIO(metrics_csv(store, [three_runs["lora"]]).decode())))
+    start, first_step = rows[0], rows[1]
+    assert start["trainable"] == "6274"
+    assert start["total"] == "208388"
+    assert start["steps_total"] == "4"
+    assert start["seq"] == "1"
+    assert start["step"] == ""  # the start event has no step
+    assert first_step["step"] == "1"
+    assert first_step["train/loss"] == "0.7"
+
+
+def test_metrics_csv_keeps_float_columns(store, three_runs):
+    frame = metrics_frame(store, [three_runs["lora"]])
+    assert frame["epoch"].dtype == float
+    assert frame["train/loss"].dtype == float
+    assert str(frame["step"].dtype) == "Int64"
 
 
 def test_metrics_of_no_runs_is_a_header(store):

@@ -126,6 +126,16 @@ def test_summary_table_row_per_strategy(shared):
     assert list(table.trainable) == [6274, 2 * 6274, joint, 202114, 6274]
 
 
+def test_summary_names_task_id_strategies(shared):
+    at = forgetting_page()
+    table = next(frame.value for frame in at.dataframe if "lost_a" in frame.value.columns)
+    assert list(table.strategy) == ["Sequential", "Separate adapters", "Joint (task ids)", "Full finetuning",
+                                     "Replay (25% of A)"]
+    [note] = [c.value for c in at.caption if "task id" in c.value and "[CLS]" in c.value]
+    assert note.startswith("Joint (task ids) and Replay (25% of A) tag [CLS] with a task id")
+    assert "Sequential" not in note
+
+
 def test_learns_less_scatter_has_point_per_run(shared):
     store, _, study = shared
     at = forgetting_page()

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import sqlite3
 
 import pandas as pd
@@ -94,6 +95,59 @@ def test_selection_overlays_both_runs_curves(two_runs):
         assert losses[f"{name} (raw)"] == LOSSES[key]
         assert accs[name] == ACCS[key]  # accuracy is never smoothed
     assert len(accs) == 2
+
+
+def add_experiment(store: RunStore, kind: str, config: dict, sections: list[str]) -> str:
+    """Store a finished run of an experiment `kind` whose steps restart at 1 for each of `sections`."""
+    run_id = store.create_run(kind, config)
+    store.claim_next(os.getpid())
+    events = [{"type": "start", "steps_total": 3 * len(sections)}]
+    for section in sections:
+        events += [{"type": "step", "step": i, "epoch": i / 3, "train/loss": 0.5, "seconds": 0.01 * i,
+                    "adapter": section} for i in (1, 2, 3)]
+        events.append({"type": "eval", "step": 3, "epoch": None, "task": section, "val/acc": 0.8, "seconds": 0.03})
+    store.append_events(run_id, events)
+    store.finish_run(run_id, "finished", "done", None, 0.1)
+    return run_id
+
+
+def test_experiment_runs_left_out_of_overlay(store, two_runs):
+    adapters = add_experiment(store, "adapters", {"tasks": ["odd_majority", "first_lt_last"], "lora": {"r": 4}},
+                              ["odd_majority", "first_lt_last"])
+    forgetting = add_experiment(store, "forgetting", {"strategy": "replay", "lora": {"r": 4}}, ["A", "B"])
+    at = select(runs_page(), [two_runs[0], adapters, forgetting])
+    assert not at.exception
+    losses, accs = traces(at, "Training loss"), traces(at, "Validation accuracy")
+    assert [name for name in losses if not name.endswith("(raw)")] == [next(iter(accs))]
+    assert len(accs) == 1
+    assert next(iter(accs)).startswith(two_runs[0][-6:])
+    [note] = [i.value for i in at.info if "Not overlaid" in i.value]
+    assert f"{adapters} (adapters) on the Adapters page" in note
+    assert f"{forgetting} (forgetting) on the Forgetting page" in note
+
+
+def test_only_experiment_runs_no_chart(store):
+    adapters = add_experiment(store, "adapters", {"tasks": ["odd_majority", "first_lt_last"], "lora": {"r": 4}},
+                              ["odd_majority", "first_lt_last"])
+    at = select(runs_page(), [adapters])
+    assert not at.exception
+    assert at.get("plotly_chart") == []
+    assert any("on the Adapters page" in i.value for i in at.info)
+
+
+@pytest.mark.parametrize("kind, config, expected", [
+    ("adapters", {"tasks": ["odd_majority"], "lora": {"r": 4}}, "r=4 · adapters"),
+    ("forgetting", {"strategy": "replay", "lora": {"r": 4}}, "replay · r=4 · forgetting"),
+    ("forgetting", {"strategy": "full", "lora": {"r": 4}}, "full · forgetting"),
+    ("base", {"base": "finetuned:odd_majority"}, "base"),
+])
+def test_run_label_without_method(store, kind, config, expected):
+    from ui.runs_view import run_label
+
+    run = store.get_run(store.create_run(kind, config))
+    label = run_label(run)
+    assert "None" not in label
+    assert label == f"{run.id[-6:]} · {expected}"
 
 
 def test_smoothing_changes_the_plotted_values(two_runs):
@@ -250,6 +304,20 @@ def test_bad_upload_through_the_page_shows_why(store):
     at.button(key="runs_upload_button").click().run()
     assert not at.exception
     assert any("Upload rejected, nothing was stored" in e.value and "not a valid zip" in e.value for e in at.error)
+    assert store.list_runs() == []
+
+
+def test_bin_upload_gets_the_pickle_message(store):
+    at = runs_page()
+    uploader = at.file_uploader(key="runs_upload_files_0")
+    assert list(uploader.proto.type) == []  # a type filter would make the browser reject .bin before the app sees it
+    uploader.set_value(("adapter_model.bin", b"\x80\x02}q\x00.", "application/octet-stream")).run()
+    at.button(key="runs_upload_button").click().run()
+    assert not at.exception
+    [error] = [e.value for e in at.error]
+    assert "adapter_model.bin looks like a PyTorch pickle" in error
+    assert "never unpickles" in error
+    assert "save_pretrained" in error
     assert store.list_runs() == []
 
 

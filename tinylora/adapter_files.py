@@ -46,6 +46,8 @@ HEAD = "head"  # the classifier, trained alongside the adapters and saved as a P
 # NOTE: an adapter at the largest r (64) on all four targets of the default model is about 1 MB, so 10 MiB
 # leaves room for larger ModelConfigs while keeping an upload cheap to hold in memory.
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+# File name endings of PyTorch pickles (torch.save, PEFT's older adapter_model.bin), rejected by name on upload.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 MAX_CONFIG_BYTES = 1024 * 1024
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -295,8 +297,12 @@ def read_adapter_upload(files: Mapping[str, bytes], max_bytes: int = MAX_UPLOAD_
     """Read an uploaded adapter: one zip archive, or the config (`*.json`) and the weights file.
 
     `files` maps each uploaded file name to its contents. Nothing is written and no model is touched;
-    pass the result to `validate_adapter`, `load_adapter` or `write_adapter`.
+    pass the result to `validate_adapter`, `load_adapter` or `write_adapter`. A file named like a pickle
+    (`PICKLE_SUFFIXES`) is rejected by its name before any of its bytes are read.
     """
+    pickles = [name for name in files if name.lower().endswith(PICKLE_SUFFIXES)]
+    if pickles:
+        raise AdapterFileError(_pickle_message(pickles[0]))
     if len(files) == 1:
         (name, data), = files.items()
         if data[:4] == b"PK\x03\x04" or name.lower().endswith(".zip"):

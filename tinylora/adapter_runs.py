@@ -104,6 +104,12 @@ def describe_base(config: RunConfig) -> str:
     return f"{base} of seed {config.train.seed}, {storage}"
 
 
+def describe_set_base(spec: AdaptersSpec) -> str:
+    """Describe an adapter set's frozen base in the words of `describe_base`."""
+    storage = "float32" if spec.quant is None else f"{spec.quant} quantized"
+    return f"random base of seed {spec.train.seed}, {storage}"
+
+
 def build_run_base(config: RunConfig, home: Path | None) -> AdapterModel:
     """Build the frozen base a run trained its adapter on, without drawing from the global generator.
 
@@ -201,7 +207,10 @@ def predictions(adapter_set: AdapterSet | None, tokens: Sequence[int], extra: Se
     return rows
 
 
-def median_swap_seconds(model: AdapterModel, adapters: Sequence[str | None], repeats: int = 25) -> dict:
+SWAP_REPEATS = 25  # timed swaps per adapter in `median_swap_seconds`
+
+
+def median_swap_seconds(model: AdapterModel, adapters: Sequence[str | None], repeats: int = SWAP_REPEATS) -> dict:
     """Time `set_adapter` into each of `adapters` (None: the base) `repeats` times; return the median per adapter.
 
     One swap takes well under a millisecond, so a single timing is easily dominated by a busy machine's

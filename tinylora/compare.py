@@ -7,6 +7,7 @@ notebook all read the same numbers.
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 import pandas as pd
 
@@ -77,7 +78,9 @@ def metrics_frame(store: RunStore, run_ids: Sequence[str]) -> pd.DataFrame:
     """Return one row per stored event of the given runs, in run order and then event order.
 
     Columns: `METRIC_COLUMNS` first, then every other event field (such as `trainable`, `status`,
-    `final_acc`) in the order it first appears. A field an event does not have is empty.
+    `final_acc`) in the order it first appears. A field an event does not have is empty. A column whose
+    values are all integers (counts such as `step` or `trainable`) has the nullable dtype Int64, so an
+    empty cell does not turn it into floats and the CSV writes 6274, not 6274.0.
     """
     rows = []
     for run_id in run_ids:
@@ -86,7 +89,16 @@ def metrics_frame(store: RunStore, run_ids: Sequence[str]) -> pd.DataFrame:
     extra = []
     for row in rows:
         extra.extend(key for key in row if key not in METRIC_COLUMNS and key not in extra)
-    return pd.DataFrame(rows, columns=METRIC_COLUMNS + extra)
+    columns = METRIC_COLUMNS + extra
+    frame = pd.DataFrame(rows, columns=columns)
+    integer_columns = [column for column in columns if _all_integers(row.get(column) for row in rows)]
+    return frame.astype(dict.fromkeys(integer_columns, "Int64"))
+
+
+def _all_integers(values: Iterable[Any]) -> bool:
+    """Return True when the values that are not None include at least one and are all ints (bools excluded)."""
+    present = [value for value in values if value is not None]
+    return bool(present) and all(isinstance(value, int) and not isinstance(value, bool) for value in present)
 
 
 def metrics_csv(store: RunStore, run_ids: Sequence[str]) -> bytes:

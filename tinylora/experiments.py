@@ -22,6 +22,7 @@ data from `train.val_data_seed + 2 * i`, so with the defaults the first task use
 import dataclasses
 import json
 import math
+import statistics
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -284,15 +285,25 @@ def check_tokens(tokens: Sequence[int], model_config: ModelConfig = ModelConfig(
     return torch.tensor([tokens], dtype=torch.long)
 
 
+FORWARD_REPEATS = 25  # timed forward passes per adapter in `predict_each_adapter`; the median is reported
+FORWARD_WARMUP = 2  # untimed passes before them, because the first call after a swap can be many times slower
+
+
 @torch.no_grad()
 def predict_each_adapter(model: AdapterModel, tokens: Sequence[int], task_id: int | None = None,
-                         adapters: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
+                         adapters: Sequence[str | None] | None = None, repeats: int = FORWARD_REPEATS,
+                         warmup: int = FORWARD_WARMUP) -> list[dict[str, Any]]:
     """Swap to each adapter (None: the base) in turn and classify one sequence of tokens.
 
     Returns one dict per adapter: `adapter`, `task`, `label` (the truth under that task's rule, None for the
     base or an adapter without a task), `prediction`, `probability` (of the predicted class), `p_positive`,
-    `swap_seconds` (the `set_adapter` call) and `forward_seconds`. The previously active adapter stays active.
+    `swap_seconds` (one `set_adapter` call) and `forward_seconds`, the median of `repeats` forward passes
+    after `warmup` untimed ones. One pass of this small model is short (an estimate: about a millisecond on a
+    desktop CPU), so a single timing is easily dominated by a busy machine's scheduler. The previously active
+    adapter stays active.
     """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be at least 1 and warmup at least 0, got repeats={repeats}, warmup={warmup}")
     x = check_tokens(tokens, model.config)
     task_ids = None if task_id is None else torch.tensor([task_id])
     rows = [*model.adapter_names, None] if adapters is None else list(adapters)
@@ -304,15 +315,21 @@ def predict_each_adapter(model: AdapterModel, tokens: Sequence[int], task_id: in
         for name in rows:
             t0 = time.perf_counter()
             model.set_adapter(name)
-            t1 = time.perf_counter()
-            probs = torch.softmax(model(x, task_ids), dim=-1)[0]  # (n_classes,)
-            t2 = time.perf_counter()
+            swap_seconds = time.perf_counter() - t0
+            for _ in range(warmup):
+                model(x, task_ids)
+            timings = []
+            for _ in range(repeats):
+                t1 = time.perf_counter()
+                logits = model(x, task_ids)
+                timings.append(time.perf_counter() - t1)
+            probs = torch.softmax(logits, dim=-1)[0]  # (n_classes,)
             task = None if name is None else model.adapter_tasks[name]
             label = None if task is None else int(get_task(task).label(x, model.config.vocab_size)[0])
             prediction = int(probs.argmax())
             results.append({"adapter": name, "task": task, "label": label, "prediction": prediction,
                             "probability": float(probs[prediction]), "p_positive": float(probs[1]),
-                            "swap_seconds": t1 - t0, "forward_seconds": t2 - t1})
+                            "swap_seconds": swap_seconds, "forward_seconds": statistics.median(timings)})
     finally:
         model.set_adapter(previous)
         model.train(was_training)

@@ -8,11 +8,12 @@ import pandas as pd
 import streamlit as st
 
 from tinylora import jobs
-from tinylora.adapter_runs import (AdapterSet, RunAdapter, load_adapter_set, load_run_adapter, matrix_rows,
-                                   parse_tokens, predictions, random_tokens, run_adapter_config, run_val_set)
+from tinylora.adapter_runs import (SWAP_REPEATS, AdapterSet, RunAdapter, describe_set_base, load_adapter_set,
+                                   load_run_adapter, matrix_rows, parse_tokens, predictions, random_tokens,
+                                   run_adapter_config, run_val_set)
 from tinylora.config import MAX_LORA_ALPHA
 from tinylora.experiment_progress import adapter_curves, read_experiment
-from tinylora.experiments import AdaptersSpec, mix_adapters
+from tinylora.experiments import FORWARD_REPEATS, FORWARD_WARMUP, AdaptersSpec, mix_adapters
 from tinylora.quant import SCHEMES
 from tinylora.store import Run, RunStore, StoreError
 from tinylora.tasks import TASKS, make_data
@@ -272,9 +273,20 @@ def matrix_view(store: RunStore, run: Run | None, loaded: Loaded, key: str) -> N
         n_val = run_adapter_config(store, loaded.extra.run_id).train.n_val
         base_note = loaded.extra.base_note
     st.caption(describe_matrix(matrix_findings(matrix, own_task), n_val, base_note))
-    if loaded.extra is not None and not loaded.extra.shares_base:
-        st.caption(f"Run {loaded.extra.run_id}'s adapter was trained on another base ({loaded.extra.base_note}), so "
-                   "its row and its base run on that base; the base row is this set's base.")
+    if loaded.extra is not None and loaded.adapter_set is not None and not loaded.extra.shares_base:
+        st.caption(other_base_note(loaded.extra, loaded.adapter_set))
+
+
+def other_base_note(extra: RunAdapter, adapter_set: AdapterSet) -> str:
+    """Explain why an opened run's adapter runs on its own base, not on the set's, in the matrix and playground."""
+    set_note = describe_set_base(adapter_set.spec)
+    if extra.base_note != set_note:
+        where = f"on the {extra.base_note}, not on this set's {set_note}"
+    else:  # same seed and storage: the model or the quantization options (modules, block size) differ
+        where = (f"on the {extra.base_note} like this set, but with other model or quantization settings (such as "
+                 "the quantized modules or the block size)")
+    return (f"Run {extra.run_id}'s adapter was trained {where}, so its row is evaluated on its own base. The base "
+            "row is this set's base.")
 
 
 # The playground
@@ -315,14 +327,19 @@ def playground(loaded: Loaded, key: str) -> None:
         "probability": st.column_config.ProgressColumn("Probability", min_value=0.0, max_value=1.0, format="%.3f",
                                                        help="softmax probability of the predicted class"),
         "correct": st.column_config.TextColumn("Correct"),
-        "swap_us": st.column_config.NumberColumn("Swap (µs)", format="%.0f",
-                                                 help="median time of set_adapter(name) over 25 swaps, this click"),
-        "forward_us": st.column_config.NumberColumn("Forward (µs)", format="%.0f"),
+        "swap_us": st.column_config.NumberColumn(
+            "Swap, median (µs)", format="%.0f",
+            help=f"median time of set_adapter(name) over {SWAP_REPEATS} swaps, this click"),
+        "forward_us": st.column_config.NumberColumn(
+            "Forward, median (µs)", format="%.0f",
+            help=f"median time of one forward pass of this sequence over {FORWARD_REPEATS} passes, after "
+                 f"{FORWARD_WARMUP} untimed ones, this click"),
     })
-    swaps = frame["swap_us"]
-    st.caption(f"A swap took {swaps.min():.0f} to {swaps.max():.0f} µs (the median of 25 swaps into each adapter), "
-               f"against {frame['forward_us'].median():.0f} µs for one forward pass of this sequence: a swap only "
-               "repoints each LoRA layer and the head at another adapter's weights.")
+    swaps, forwards = frame["swap_us"], frame["forward_us"]
+    st.caption(f"A swap took {swaps.min():.0f} to {swaps.max():.0f} µs and a forward pass of this sequence "
+               f"{forwards.min():.0f} to {forwards.max():.0f} µs (each the median of {SWAP_REPEATS} and "
+               f"{FORWARD_REPEATS} timings per adapter): a swap only repoints each LoRA layer and the head at "
+               "another adapter's weights.")
 
 
 def correctness(row: dict) -> str:

@@ -9,7 +9,7 @@ import streamlit as st
 from tinylora import jobs
 from tinylora.experiment_progress import (ExperimentProgress, forgetting_table, forgetting_timeline,
                                           learns_less_base, learns_less_frame, phase_spans, read_experiment)
-from tinylora.forgetting import MAX_REPLAY_FRACTION, STRATEGIES, LearnsLessSpec, default_params
+from tinylora.forgetting import MAX_REPLAY_FRACTION, STRATEGIES, ForgettingSpec, LearnsLessSpec, default_params
 from tinylora.store import Run, RunStore, StoreError
 from tinylora.tasks import TASKS
 
@@ -20,7 +20,8 @@ GROUP_KEY = "forgetting_group"
 LEARNS_LESS_KEY = "forgetting_ll_study"
 REFRESH_SECONDS = 0.5  # several runs' events are read per refresh
 RANKS = (1, 2, 4, 8, 16, 32, 64)
-# Short names for the pickers; charts and tables use the longer labels of `tinylora.forgetting.STRATEGIES`.
+# Short names for the pickers and the summary table; charts use the longer labels of
+# `tinylora.forgetting.STRATEGIES`.
 SHORT_NAMES = {"sequential": "1 Sequential", "separate": "2 Separate adapters", "joint": "3 Joint (task ids)",
                "full": "4 Full finetuning", "replay": "5 Replay"}
 
@@ -171,32 +172,67 @@ def timeline_view(store: RunStore, runs: list[Run], key: str) -> None:
     view()
 
 
+def table_name(progress: ExperimentProgress) -> str:
+    """A strategy's short name for the summary table, so that every column fits at the default width."""
+    config = progress.run.config
+    name = SHORT_NAMES.get(config.get("strategy"), str(config.get("strategy"))).split(" ", 1)[-1]
+    if config.get("strategy") == "replay":
+        name += f" ({100 * config.get('replay_fraction', 0):.0f}% of A)"
+    return name
+
+
+def uses_task_ids(run: Run) -> bool:
+    """Return whether a forgetting run tags [CLS] with task ids (by default joint and replay do)."""
+    try:
+        return ForgettingSpec.from_params(run.config).uses_task_ids
+    except ValueError:
+        return False
+
+
+def task_ids_note(progresses: list[ExperimentProgress]) -> str | None:
+    """Explain why the strategies with task ids start from another model than those without, if both are shown."""
+    tagged = [table_name(p) for p in progresses if uses_task_ids(p.run)]
+    if not tagged or len(tagged) == len(progresses):
+        return None
+    return (f"{' and '.join(tagged)} tag [CLS] with a task id, so they start from a different model: a random task "
+            "embedding is added to [CLS], and drawing it shifts the later random draws (the adapter's "
+            "initialisation and the batch order). With the same seed, their accuracy on A therefore differs from "
+            "the other strategies' from the start, and so does what they lose on A.")
+
+
 def summary_table(progresses: list[ExperimentProgress], tasks: list[str], key: str) -> None:
     table = forgetting_table(progresses)
+    table["strategy"] = [table_name(p) for p in progresses]
     a, b = tasks
+    # Widths in pixels that fit each header and add up to 800, under the 818 px that Streamlit 1.67 gives the
+    # table beside the sidebar in a 1280 px wide Chromium window, so that no column scrolls out of view.
     st.dataframe(table.drop(columns=["run"]), key=f"{key}-summary", hide_index=True, width="stretch", placeholder="–",
                  column_config={
-                     "strategy": st.column_config.TextColumn("Strategy", width="large"),
-                     "status": st.column_config.TextColumn("Status", width="small"),
+                     "strategy": st.column_config.TextColumn("Strategy", width=130,
+                                                             help="the strategy; the timeline names it in full"),
+                     "status": st.column_config.TextColumn("Status", width=80),
                      "a_after_a": st.column_config.NumberColumn(
-                         "A after A", format="%.3f", width="small",
+                         "A after A", format="%.3f", width=72,
                          help=f"accuracy on {a} when the first phase with A ends"),
-                     "a_final": st.column_config.NumberColumn("A at end", format="%.3f", width="small"),
-                     "lost_a": st.column_config.NumberColumn("Lost on A", format="%.3f", width="small",
+                     "a_final": st.column_config.NumberColumn("A at end", format="%.3f", width=70),
+                     "lost_a": st.column_config.NumberColumn("Lost on A", format="%.3f", width=72,
                                                              help="A after A minus A at the end"),
-                     "b_before_b": st.column_config.NumberColumn("B before B", format="%.3f", width="small",
+                     "b_before_b": st.column_config.NumberColumn("B before B", format="%.3f", width=80,
                                                                  help=f"accuracy on {b} before the first phase with B"),
-                     "b_final": st.column_config.NumberColumn("B at end", format="%.3f", width="small"),
-                     "gained_b": st.column_config.NumberColumn("Gained on B", format="%.3f", width="small",
+                     "b_final": st.column_config.NumberColumn("B at end", format="%.3f", width=70),
+                     "gained_b": st.column_config.NumberColumn("Gained on B", format="%.3f", width=86,
                                                                help="B at the end minus B before B"),
-                     "trainable": st.column_config.NumberColumn("Trainable", format="localized", width="small",
+                     "trainable": st.column_config.NumberColumn("Trainable", format="localized", width=72,
                                                                 help="trainable parameters over the whole run"),
-                     "seconds": st.column_config.NumberColumn("Seconds", format="%.1f", width="small"),
+                     "seconds": st.column_config.NumberColumn("Seconds", format="%.1f", width=68),
                  })
     finished = table[table.status == "finished"].sort_values("lost_a", kind="stable")
     if len(finished) >= 2:
         ranked = ", ".join(f"{row.strategy} {row.lost_a:.3f}" for row in finished.itertuples())
         st.caption(f"Accuracy lost on A, least first: {ranked}.")
+        note = task_ids_note(progresses)
+        if note is not None:
+            st.caption(note)
 
 
 # Learns less, forgets less

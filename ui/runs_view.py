@@ -20,22 +20,31 @@ from .controls import apply_config_to_widgets
 
 TRAIN_PAGE = "pages/train.py"
 ADAPTERS_PAGE = "pages/adapters.py"
+# Run kinds whose events are several curves (one per adapter, phase or trial), with the page that draws them.
+# The overlay draws one loss and one accuracy curve per run, so it leaves these runs out.
+EXPERIMENT_PAGES = {
+    "adapters": ("Adapters", "pages/adapters.py"),
+    "forgetting": ("Forgetting", "pages/forgetting.py"),
+    "learns_less": ("Forgetting", "pages/forgetting.py"),
+    "sweep": ("Sweep", "pages/sweep.py"),
+}
 SELECTED = "runs_selected"  # session key: the ids of the selected runs, which outlive the table's row positions
 
 # The table's columns, in display order: the outcome first, so that it stays in view on narrow screens.
+# The widths in pixels fit the longest method and task names and a run id in Streamlit 1.67's font.
 # `created` is left out because a run's id starts with its creation time.
 TABLE_CONFIG = {
-    "run": st.column_config.TextColumn("Run", width=170, help="The run's id (its creation time first), also "
+    "run": st.column_config.TextColumn("Run", width=165, help="The run's id (its creation time first), also "
                                                                "the name of its directory under runs/"),
     "status": st.column_config.TextColumn("Status", width=75),
     "final_acc": st.column_config.NumberColumn("Final acc", width=70, format="%.3f",
                                                help="validation accuracy at the end of the run"),
-    "method": st.column_config.TextColumn("Method", width=85),
-    "task": st.column_config.TextColumn("Task", width=105),
+    "method": st.column_config.TextColumn("Method", width=125),  # fits "qlora-int8-channel"
+    "task": st.column_config.TextColumn("Task", width=95),
     "r": st.column_config.NumberColumn("r", width=35, help="LoRA rank"),
     "lora_alpha": st.column_config.NumberColumn("lora_alpha", width=75, format="plain"),
-    "targets": st.column_config.TextColumn("Targets", width=80, help="target_modules"),
-    "lr": st.column_config.NumberColumn("lr", width=55, format="%.0e", help="learning rate"),
+    "targets": st.column_config.TextColumn("Targets", width=70, help="target_modules"),
+    "lr": st.column_config.NumberColumn("lr", width=50, format="%.0e", help="learning rate"),
     "epochs": st.column_config.NumberColumn("Epochs", width=55),
     "seconds": st.column_config.NumberColumn("Seconds", width=65, format="%.1f",
                                              help="training time; for an upload, its evaluation time"),
@@ -44,10 +53,18 @@ TABLE_CONFIG = {
 
 
 def run_label(run: Run) -> str:
-    """A short name for a run in chart legends: the end of its id, its method and r."""
+    """A short name for a run in chart legends: the end of its id, its method (or strategy), r and kind.
+
+    Only train, upload and absorb runs store a method, so other kinds show their strategy, or only their kind.
+    """
     config = run.config
-    parts = [run.id[-6:], METHOD_LABELS.get(config.get("method"), str(config.get("method")))]
-    if config.get("method") != "full" and config.get("lora"):
+    parts = [run.id[-6:]]
+    method = config.get("method")
+    if method is not None:
+        parts.append(METHOD_LABELS.get(method, str(method)))
+    elif config.get("strategy") is not None:
+        parts.append(str(config["strategy"]))
+    if method != "full" and config.get("strategy") != "full" and isinstance(config.get("lora"), dict):
         parts.append(f"r={config['lora'].get('r')}")
     if run.kind != "train":
         parts.append(run.kind)
@@ -74,12 +91,37 @@ def runs_table(frame: pd.DataFrame) -> list[str]:
     return selected
 
 
+def experiment_note(runs: list[Run]) -> str | None:
+    """Return a note naming the runs that the overlay leaves out and their pages, or None if there are none."""
+    by_page: dict[str, list[str]] = {}
+    for run in runs:
+        if run.kind in EXPERIMENT_PAGES:
+            by_page.setdefault(EXPERIMENT_PAGES[run.kind][0], []).append(f"{run.id} ({run.kind})")
+    if not by_page:
+        return None
+    where = "; ".join(f"{', '.join(names)} on the {page} page" for page, names in by_page.items())
+    return (f"Not overlaid: these runs are experiments with several curves each (one per adapter, phase or sweep "
+            f"trial), which their own pages draw. "
+            f"See {where}.")
+
+
 def compare_charts(store: RunStore, runs: list[Run], smoothing: float) -> None:
     """Overlay the loss and accuracy curves of `runs`; the loss is smoothed with weight `smoothing` (0: raw).
 
+    Runs of the `EXPERIMENT_PAGES` kinds are left out, with a note naming them and the page to view them on.
     Validation accuracy is not smoothed: each point is already an evaluation of 512 examples, a run has only
     one per epoch, and a smoothed last point would disagree with the table's final accuracy.
     """
+    note = experiment_note(runs)
+    if note is not None:
+        st.info(note, icon=":material/info:")
+        pages = dict(EXPERIMENT_PAGES[run.kind] for run in runs if run.kind in EXPERIMENT_PAGES)
+        links = st.container(horizontal=True)
+        for label, page in pages.items():
+            links.page_link(page, label=f"Open the {label} page", icon=":material/arrow_forward:")
+    runs = [run for run in runs if run.kind not in EXPERIMENT_PAGES]
+    if not runs:
+        return
     cache: dict[str, RunProgress] = st.session_state.setdefault("_runs_progress", {})
     losses, accuracies = {}, {}
     colors = {run_label(run): COLORS[i % len(COLORS)] for i, run in enumerate(runs)}  # one colour per run
@@ -207,8 +249,10 @@ def upload_form(store: RunStore, owner: str) -> None:
     """Draw the sidebar form that stores an uploaded adapter as a run and queues its evaluation."""
     st.subheader("Upload an adapter")
     generation = st.session_state.setdefault("runs_upload_generation", 0)
+    # No `type` filter: with one, Streamlit rejects a .bin file with only "application/octet-stream files are
+    # not allowed". `store_upload` rejects it instead, by its name, with the reason and the fix.
     files = st.file_uploader(
-        "Adapter files", type=["zip", "json", "safetensors"], accept_multiple_files=True,
+        "Adapter files", accept_multiple_files=True,
         key=f"runs_upload_files_{generation}", max_upload_size=2 * MAX_UPLOAD_BYTES // 2**20,
         help="A zip of a PEFT adapter folder, or its adapter_config.json and adapter_model.safetensors. "
              "Safetensors only: pickled .bin or .pt files are never loaded.")
