@@ -363,3 +363,32 @@ def test_experiment_runs_are_listed_and_comparable(store):
     assert not at.exception, [e.message for e in at.exception]
     assert set(table(at)["kind"]) == {"adapters", "forgetting", "learns_less"}
     assert at.button(key="runs_open_train").disabled
+
+
+def test_adapter_set_downloads_and_opens(store):
+    set_id = run_job(store, "adapters", {"tasks": ["odd_majority", "first_lt_last"],
+                                         "train": {"n_train": 64, "n_val": 64, "batch_size": 16, "epochs": 1}})
+    at = select(runs_page(), [set_id])
+    assert [b.label for b in at.get("download_button")] == ["Download metrics (CSV)", "Download adapter set (.zip)"]
+    button = at.button(key="runs_open_adapters")
+    assert not button.disabled
+    assert "Show this adapter set on the Adapters page" in button.help
+    button.click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.session_state["adapters_set"] == set_id
+    assert at.title[0].value == "Adapters"
+
+
+def test_adapter_set_zip_keeps_its_folders(store):
+    import zipfile
+
+    from tinylora.adapter_files import zip_adapter_set
+    from tinylora.experiments import ADAPTERS_DIR
+
+    set_id = run_job(store, "adapters", {"tasks": ["odd_majority", "first_lt_last"],
+                                         "train": {"n_train": 64, "n_val": 64, "batch_size": 16, "epochs": 1}})
+    data = zip_adapter_set(store.run_dir(set_id) / ADAPTERS_DIR)
+    names = set(zipfile.ZipFile(io.BytesIO(data)).namelist())
+    assert "odd_majority/adapter_config.json" in names
+    assert "first_lt_last/adapter_model.safetensors" in names
+    assert data == zip_adapter_set(store.run_dir(set_id) / ADAPTERS_DIR)

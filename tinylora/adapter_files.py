@@ -207,6 +207,27 @@ def zip_adapter(directory: str | os.PathLike) -> bytes:
     return buffer.getvalue()
 
 
+def zip_adapter_set(directory: str | os.PathLike) -> bytes:
+    """Return a zip archive of an adapter set saved by `tinylora.adapters.save_adapters`, folders kept.
+
+    Each adapter folder is read and checked first, as `zip_adapter` does for one adapter, and the member
+    timestamps are fixed, so the same set always zips to the same bytes.
+    """
+    directory = Path(directory)
+    folders = sorted(path for path in directory.iterdir() if path.is_dir())
+    if not folders:
+        raise AdapterFileError(f"{directory} contains no adapter folders")
+    for folder in folders:
+        read_adapter(folder)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            info = zipfile.ZipInfo(path.relative_to(directory).as_posix(), date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, path.read_bytes())
+    return buffer.getvalue()
+
+
 # Reading
 
 

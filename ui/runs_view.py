@@ -5,9 +5,10 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from tinylora.adapter_files import FULL_STATE_NAME, MAX_UPLOAD_BYTES, AdapterFileError, zip_adapter
+from tinylora.adapter_files import FULL_STATE_NAME, MAX_UPLOAD_BYTES, AdapterFileError, zip_adapter, zip_adapter_set
 from tinylora.compare import metrics_csv
 from tinylora.config import METHOD_LABELS, RunConfig
+from tinylora.experiments import ADAPTERS_DIR
 from tinylora.progress import RunProgress, read_progress
 from tinylora.smoothing import smooth
 from tinylora.store import Run, RunStore, StoreError
@@ -15,6 +16,7 @@ from tinylora.tasks import TASKS
 from tinylora.uploads import LORA_METHODS, UploadSettings, store_upload
 from tinylora.weights import ADAPTER_DIR
 
+from .adapters_view import SET_KEY
 from .charts import COLORS, overlay_chart
 from .controls import apply_config_to_widgets
 
@@ -156,6 +158,12 @@ def _weights_file(store: RunStore, run: Run) -> tuple[str, bytes | None, str | N
             return "Download adapter (.zip)", zip_adapter(adapter_dir), None
         except AdapterFileError as error:
             return "Download adapter (.zip)", None, str(error)
+    set_dir = store.run_dir(run.id) / ADAPTERS_DIR
+    if run.kind == "adapters" and set_dir.is_dir():
+        try:
+            return "Download adapter set (.zip)", zip_adapter_set(set_dir), None
+        except AdapterFileError as error:
+            return "Download adapter set (.zip)", None, str(error)
     full_state = store.run_dir(run.id) / FULL_STATE_NAME
     if full_state.is_file():
         return "Download model (.safetensors)", full_state.read_bytes(), None
@@ -223,12 +231,17 @@ def run_actions(store: RunStore, runs: list[Run]) -> None:
         row.download_button(label, data=data, file_name=file_name, key="runs_download_weights",
                                 on_click="ignore", icon=":material/download:")
 
-    has_adapter = (store.run_dir(run.id) / ADAPTER_DIR).is_dir()
-    adapters_help = ("Open this run's adapter on the Adapters page" if has_adapter else
+    is_set = run.kind == "adapters" and (store.run_dir(run.id) / ADAPTERS_DIR).is_dir()
+    has_adapter = is_set or (store.run_dir(run.id) / ADAPTER_DIR).is_dir()
+    adapters_help = ("Show this adapter set on the Adapters page" if is_set else
+                     "Open this run's adapter on the Adapters page" if has_adapter else
                      f"Run {run.id} has no adapter to open")
     if row.button("Open in Adapters", key="runs_open_adapters", disabled=not has_adapter,
                   help=adapters_help, icon=":material/extension:"):
-        st.session_state["adapters_open_run"] = run.id
+        if is_set:
+            st.session_state[SET_KEY] = run.id
+        else:
+            st.session_state["adapters_open_run"] = run.id
         st.switch_page(ADAPTERS_PAGE)
 
     trained_here = run.kind == "train"
