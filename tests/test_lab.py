@@ -84,8 +84,8 @@ def test_sequential_a_after_b_near_notebook(lab):
 
 def test_joint_learns_both(lab):
     # NOTE: the notebook reports 0.947 and 0.932. This experiment's final accuracies depend on the order of
-    # float sums: the default fast path ends at 0.959 and 0.922, the eager path at 0.885 and 0.938, and over
-    # seeds 0 to 4 the eager path alone ends between 0.88 and 0.98. So the bound is 0.85, not 0.9. An extra
+    # float sums. The default fast path ends at 0.959 and 0.922 and the eager path at 0.885 and 0.938. Over
+    # seeds 0 to 4 the eager path alone ends between 0.88 and 0.98, so the bound is 0.85, not 0.9. An extra
     # torch.randperm of the joint set before training, as the notebook does, does not recover its figures.
     for task, acc in lab["joint"]["acc"].items():
         assert acc >= 0.85, task

@@ -310,7 +310,7 @@ def test_bad_upload_through_the_page_shows_why(store):
 def test_bin_upload_gets_the_pickle_message(store):
     at = runs_page()
     uploader = at.file_uploader(key="runs_upload_files_0")
-    assert list(uploader.proto.type) == []  # a type filter would make the browser reject .bin before the app sees it
+    assert list(uploader.proto.type) == []  # a type filter would make the browser reject .bin before the app receives it
     uploader.set_value(("adapter_model.bin", b"\x80\x02}q\x00.", "application/octet-stream")).run()
     at.button(key="runs_upload_button").click().run()
     assert not at.exception

@@ -72,7 +72,7 @@ class TrainConfig:
     # runs the eager modules, which match the reference bit for bit.
     fast: str = "auto"
     # The fast path keeps a float32 copy of a quantized frozen base for the whole run instead of dequantizing
-    # it every step; the stored base stays quantized. Same results either way.
+    # it every step. The stored base stays quantized, and the results are the same either way.
     cache_dequantized: bool = True
 
 
