@@ -52,18 +52,24 @@ INTERRUPTED_CHECK_SECONDS = 2.0  # how often the runner looks for running runs w
 CLAIM_CHECK_SECONDS = 1.0  # maximum time between two looks for queued runs
 
 
+def _count_from_env(name: str) -> int | None:
+    """Return the whole number >= 1 in environment variable `name`; None, with a warning if set, otherwise."""
+    value = os.environ.get(name)
+    if not value:
+        return None
+    try:
+        n = int(value)
+        if n >= 1:
+            return n
+    except ValueError:
+        pass
+    log.warning("ignoring %s=%r: it must be a whole number >= 1", name, value)
+    return None
+
+
 def max_runs() -> int:
     """Concurrent runs allowed: `$TINYLORA_MAX_RUNS`, or one per CPU core."""
-    value = os.environ.get("TINYLORA_MAX_RUNS")
-    if value:
-        try:
-            n = int(value)
-            if n >= 1:
-                return n
-        except ValueError:
-            pass
-        log.warning("ignoring TINYLORA_MAX_RUNS=%r: it must be a whole number >= 1", value)
-    return max(1, os.cpu_count() or 1)
+    return _count_from_env("TINYLORA_MAX_RUNS") or max(1, os.cpu_count() or 1)
 
 
 def busy_slots(store: RunStore) -> int:
@@ -374,16 +380,7 @@ def threads_per_run() -> int:
     numbers. With the defaults on 2 cores every run gets one thread, which also leaves a core for the
     browser and the server; two OpenMP threads on a busy core were measured several times slower than one.
     """
-    value = os.environ.get("TINYLORA_THREADS")
-    if value:
-        try:
-            n = int(value)
-            if n >= 1:
-                return n
-        except ValueError:
-            pass
-        log.warning("ignoring TINYLORA_THREADS=%r: it must be a whole number >= 1", value)
-    return max(1, (os.cpu_count() or 1) // max_runs())
+    return _count_from_env("TINYLORA_THREADS") or max(1, (os.cpu_count() or 1) // max_runs())
 
 
 def execute(store: RunStore, run_id: str, kind: str, params: dict[str, Any]) -> int:
