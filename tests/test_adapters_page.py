@@ -243,6 +243,19 @@ def test_one_task_is_rejected(home):
     assert at.button(key="adapters_train").disabled
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("adapters_new_r", 65, "r must be between 1 and 64"),
+    ("adapters_new_epochs", 501, "epochs must be between 1 and 500, got 501"),
+    ("adapters_new_alpha", 2000.0, "lora_alpha must be at most 1024, got 2000"),
+    ("adapters_new_seed", -1, "seed must be between 0 and 2147483647, got -1"),
+])
+def test_out_of_range_setting_is_named(home, key, value, message):
+    at = adapters_page()
+    at.number_input(key=key).set_value(value).run()
+    assert any(message in e.value for e in at.error), [e.value for e in at.error]
+    assert at.button(key="adapters_train").disabled
+
+
 def test_live_set_shows_progress_then_matrix(home):
     store = RunStore(home)
     run_id = jobs.submit(store, "adapters", {"tasks": TASKS, "train": {**TINY, "epochs": 3}})

@@ -181,6 +181,18 @@ def test_same_tasks_are_rejected(home):
     assert at.button(key="forgetting_ll_run").disabled
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("forgetting_epochs_a", 0, "epochs_a must be between 1 and 100, got 0"),
+    ("forgetting_epochs_b", 101, "epochs_b must be between 1 and 100, got 101"),
+    ("forgetting_eval_every", -1, "eval_every must be 0 (phase ends only) or a number of steps up to 1000, got -1"),
+])
+def test_out_of_range_setting_is_named(home, key, value, message):
+    at = forgetting_page()
+    at.number_input(key=key).set_value(value).run()
+    assert any(message in e.value for e in at.error), [e.value for e in at.error]
+    assert at.button(key="forgetting_run").disabled
+
+
 def test_learns_less_button_queues_a_study(home):
     store = RunStore(home)
     at = forgetting_page()

@@ -69,6 +69,8 @@ STRATEGIES = {
     "replay": "One adapter: A, then B with A replayed",
 }
 MAX_REPLAY_FRACTION = 0.5
+MAX_PHASE_EPOCHS = 100  # per phase: a strategy runs up to two phases, so a run stays within minutes here
+MAX_EVAL_EVERY = 1000  # steps between evaluations
 
 
 @dataclass(frozen=True)
@@ -125,13 +127,14 @@ class ForgettingSpec:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         _check_tasks(self.task_a, self.task_b)
         for name in ("epochs_a", "epochs_b", "epochs_joint"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+            if not 1 <= getattr(self, name) <= MAX_PHASE_EPOCHS:
+                raise ValueError(f"{name} must be between 1 and {MAX_PHASE_EPOCHS}, got {getattr(self, name)}")
         if not 0 <= self.replay_fraction <= MAX_REPLAY_FRACTION:
             raise ValueError(f"replay_fraction must be between 0 and {MAX_REPLAY_FRACTION}, "
                              f"got {self.replay_fraction!r}")
-        if self.eval_every < 0:
-            raise ValueError(f"eval_every must be 0 (phase ends only) or a number of steps, got {self.eval_every}")
+        if not 0 <= self.eval_every <= MAX_EVAL_EVERY:
+            raise ValueError(f"eval_every must be 0 (phase ends only) or a number of steps up to {MAX_EVAL_EVERY}, "
+                             f"got {self.eval_every}")
         method = "full" if self.strategy == "full" else "lora"
         RunConfig(method=method, task=self.task_a, lora=self.lora, train=self.train.phase_config(1)).validate()
         return self

@@ -11,7 +11,6 @@ from tinylora import jobs
 from tinylora.adapter_runs import (SWAP_REPEATS, AdapterSet, RunAdapter, describe_set_base, load_adapter_set,
                                    load_run_adapter, matrix_rows, parse_tokens, predictions, random_tokens,
                                    run_adapter_config, run_val_set)
-from tinylora.config import MAX_LORA_ALPHA
 from tinylora.experiment_progress import adapter_curves, read_experiment
 from tinylora.experiments import FORWARD_REPEATS, FORWARD_WARMUP, AdaptersSpec, mix_adapters
 from tinylora.quant import SCHEMES
@@ -38,13 +37,12 @@ def adapters_controls(prefix: str) -> tuple[dict | None, str | None]:
                            key=f"{prefix}tasks", persist_state=keep,
                            help="Each task gets its own LoRA adapter and head over the same frozen base.")
     left, right = st.columns(2)
-    r = left.number_input("r (rank)", min_value=1, max_value=64, value=4, step=1, key=f"{prefix}r",
-                          persist_state=keep)
-    alpha = right.number_input("lora_alpha", min_value=0.5, max_value=MAX_LORA_ALPHA, value=8.0, step=1.0,
-                               key=f"{prefix}alpha", persist_state=keep)
-    epochs = left.number_input("Epochs per adapter", min_value=1, max_value=100, value=8, step=1,
-                               key=f"{prefix}epochs", persist_state=keep)
-    seed = right.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key=f"{prefix}seed",
+    # No min_value or max_value: Streamlit would keep the last valid value of an out-of-range entry, so the
+    # typed value goes to AdaptersSpec.validate, which names it and its range.
+    r = left.number_input("r (rank)", value=4, step=1, key=f"{prefix}r", persist_state=keep)
+    alpha = right.number_input("lora_alpha", value=8.0, step=1.0, key=f"{prefix}alpha", persist_state=keep)
+    epochs = left.number_input("Epochs per adapter", value=8, step=1, key=f"{prefix}epochs", persist_state=keep)
+    seed = right.number_input("Seed", value=0, step=1, key=f"{prefix}seed",
                               persist_state=keep, help="Fixes the base, each adapter's initialisation and the "
                                                        "batch order")
     storage = st.selectbox("Frozen base storage", ["float32", *SCHEMES], key=f"{prefix}quant", persist_state=keep,

@@ -47,11 +47,13 @@ def forgetting_controls(prefix: str, task_a: str, task_b: str) -> tuple[list[dic
     replay = st.slider("Replay: share of A's examples mixed into phase B", 0, int(100 * MAX_REPLAY_FRACTION), 25, 5,
                        format="%d%%", key=f"{prefix}replay", persist_state=keep)
     left, right = st.columns(2)
-    epochs_a = left.number_input("Epochs on A", 1, 100, 6, key=f"{prefix}epochs_a", persist_state=keep)
-    epochs_b = right.number_input("Epochs on B", 1, 100, 12, key=f"{prefix}epochs_b", persist_state=keep)
-    epochs_joint = left.number_input("Joint epochs", 1, 100, 10, key=f"{prefix}epochs_joint", persist_state=keep,
-                                     help="Joint only: epochs over the mixed A and B training sets")
-    eval_every = right.number_input("Evaluate every (steps)", 0, 1000, 8, key=f"{prefix}eval_every",
+    # No bounds on these boxes: Streamlit would keep the last valid value of an out-of-range entry, so the typed
+    # value goes to the forgetting job's validation, which names it and its range.
+    epochs_a = left.number_input("Epochs on A", value=6, step=1, key=f"{prefix}epochs_a", persist_state=keep)
+    epochs_b = right.number_input("Epochs on B", value=12, step=1, key=f"{prefix}epochs_b", persist_state=keep)
+    epochs_joint = left.number_input("Joint epochs", value=10, step=1, key=f"{prefix}epochs_joint",
+                                     persist_state=keep, help="Joint only: epochs over the mixed A and B training sets")
+    eval_every = right.number_input("Evaluate every (steps)", value=8, step=1, key=f"{prefix}eval_every",
                                     persist_state=keep, help="0: only at the start and at the end of each phase")
     if not strategies:
         return [], "Pick at least one strategy."
