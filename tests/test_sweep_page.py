@@ -63,6 +63,20 @@ def test_invalid_axis_shows_error_and_starts_nothing(home, store, no_runner, key
     assert list_sweeps(store) == []
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("sweep_epochs", 501, "epochs must be between 1 and 500, got 501"),
+    ("sweep_batch_size", 5000, "batch size must be between 1 and 1024, got 5000"),
+    ("sweep_n_train", 100_000, "need between 1 and 65536 examples, got 100000"),
+])
+def test_out_of_range_run_setting_is_named(home, store, no_runner, key, value, message):
+    at = sweep_page()
+    at.number_input(key=key).set_value(value).run()
+    assert not at.exception
+    assert any(message in e.value for e in at.error), [e.value for e in at.error]
+    assert at.button(key="sweep_start").disabled
+    assert store.list_runs() == []
+
+
 def test_range_needs_random_or_tpe(home, no_runner):
     at = sweep_page()
     at.text_input(key="sweep_r").input("1..64 log").run()

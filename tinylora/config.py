@@ -39,6 +39,7 @@ MAX_EPOCHS = 500
 MAX_BATCH_SIZE = 1024
 MAX_LORA_ALPHA = 1024.0  # one cap for every run: Train and Adapters controls, the CLI and each sweep point
 MAX_SEED = 2**31 - 1
+MAX_EXAMPLES = 65536  # per training or validation set
 
 # Frozen bases: the seed's random initialisation, or a base fully finetuned on one task and cached on disk
 # (tinylora.checkpoints trains it once).
@@ -131,8 +132,9 @@ class RunConfig:
             raise ValueError(f"train.fast must be one of {', '.join(FAST_MODES)}, got {t.fast!r}")
         if not isinstance(t.cache_dequantized, bool):
             raise ValueError(f"train.cache_dequantized must be True or False, got {t.cache_dequantized!r}")
-        if t.n_train < 1 or t.n_val < 1:
-            raise ValueError(f"training and validation sets need at least 1 example, got {t.n_train} and {t.n_val}")
+        if not (1 <= t.n_train <= MAX_EXAMPLES and 1 <= t.n_val <= MAX_EXAMPLES):
+            raise ValueError(f"training and validation sets need between 1 and {MAX_EXAMPLES} examples, got "
+                             f"{t.n_train} and {t.n_val}")
         if not (math.isfinite(t.weight_decay) and t.weight_decay >= 0):
             raise ValueError(f"weight decay must be a finite number >= 0, got {t.weight_decay!r}")
         self.quant.validate()

@@ -56,18 +56,19 @@ def sweep_controls(prefix: str = "sweep_") -> tuple[SweepSpec | None, str | None
     budget, sampler_seed = None, 0
     if search != "grid":
         col_budget, col_seed = st.columns(2)
-        budget = col_budget.number_input("Budget (points)", min_value=0, max_value=512, value=8, step=1,
-                                         key=f"{prefix}budget", persist_state=keep)
+        # Unbounded boxes here and below: Streamlit would keep the last valid value of an out-of-range entry,
+        # so the typed value goes to SweepSpec.validate, which names it and its range.
+        budget = col_budget.number_input("Budget (points)", value=8, step=1, key=f"{prefix}budget",
+                                         persist_state=keep)
         sampler_seed = col_seed.number_input("Sampler seed", min_value=0, max_value=2**31 - 1, value=0, step=1,
                                              key=f"{prefix}sampler_seed", persist_state=keep)
     with st.expander("Every run"):
         col_epochs, col_batch = st.columns(2)
-        epochs = col_epochs.number_input("Epochs", min_value=0, max_value=500, value=dt.epochs, step=1,
-                                         key=f"{prefix}epochs", persist_state=keep)
-        batch_size = col_batch.number_input("Batch size", min_value=1, max_value=1024, value=dt.batch_size, step=1,
-                                            key=f"{prefix}batch_size", persist_state=keep)
-        n_train = st.number_input("Training examples", min_value=0, max_value=65536, value=dt.n_train, step=256,
-                                  key=f"{prefix}n_train", persist_state=keep)
+        epochs = col_epochs.number_input("Epochs", value=dt.epochs, step=1, key=f"{prefix}epochs", persist_state=keep)
+        batch_size = col_batch.number_input("Batch size", value=dt.batch_size, step=1, key=f"{prefix}batch_size",
+                                            persist_state=keep)
+        n_train = st.number_input("Training examples", value=dt.n_train, step=256, key=f"{prefix}n_train",
+                                  persist_state=keep)
         quant_modules = st.selectbox("QLoRA quantizes", ["all", "targets"], key=f"{prefix}quant_modules",
                                      persist_state=keep, format_func={"all": "every frozen block linear",
                                                                       "targets": "only the LoRA targets"}.get)
