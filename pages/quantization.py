@@ -120,22 +120,29 @@ accuracy = cached.accuracy(base, home, block_size).set_index("label")
 float_acc = float(accuracy.val_acc["float32"])
 configs = {}
 col_epochs, col_train, col_stop = st.columns([1, 1, 1], vertical_alignment="bottom")
-epochs = col_epochs.number_input("QLoRA epochs", min_value=1, max_value=50, value=TrainConfig().epochs, step=1,
-                                 key="quant_epochs", persist_state="session",
+# No min_value or max_value: Streamlit would keep the last valid value of an out-of-range entry, so the typed
+# value goes to RunConfig.validate, which names it and its range.
+epochs = col_epochs.number_input("QLoRA epochs", value=TrainConfig().epochs, step=1, key="quant_epochs",
+                                 persist_state="session",
                                  help="Epochs of QLoRA training over each quantized base (16 steps each).")
-for choice in selected:
-    configs[choice.label] = lab_run_config(base, choice, task, TrainConfig(epochs=int(epochs)))
+invalid = None
+try:
+    for choice in selected:
+        configs[choice.label] = lab_run_config(base, choice, task, TrainConfig(epochs=int(epochs))).validate()
+except ValueError as error:
+    invalid, configs = str(error), {}
 runs = {label: run for label, config in configs.items()
         if (run := latest_run(store, "absorb", config.to_dict())) is not None}
 active = any(run.active for run in runs.values())
-col_train.button("Train QLoRA over each scheme", key="quant_absorb_button", type="primary", disabled=active,
+col_train.button("Train QLoRA over each scheme", key="quant_absorb_button", type="primary",
+                 disabled=active or invalid is not None,
                  width="stretch", on_click=submit_absorb_runs, args=(store, configs, session_owner()),
                  help="Starts one worker job per scheme: r=4, lora_alpha=8 on qkv and proj, learning rate 5e-3.")
 if col_stop.button("Stop", key="quant_absorb_stop", disabled=not active, width="stretch"):
     for run in runs.values():
         store.request_stop(run.id)
     st.rerun()
-notice = st.session_state.pop("_absorb_notice", None)
+notice = st.session_state.pop("_absorb_notice", None) or invalid
 if notice:
     st.error(notice)
 

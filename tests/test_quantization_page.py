@@ -87,3 +87,12 @@ def test_quantization_absorb_run_shows_results(home, store):
     assert stages == ["float32 base", "quantized, before LoRA", "after QLoRA training",
                       "merged into the quantized base", "merged, then re-quantized"]
     assert not at.button(key="quant_absorb_button").disabled
+
+
+def test_quantization_out_of_range_epochs_named(home, store):
+    at = page("quantization.py").run()
+    at.number_input(key="quant_epochs").set_value(501).run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("epochs must be between 1 and 500, got 501" in e.value for e in at.error), [e.value for e in at.error]
+    assert at.button(key="quant_absorb_button").disabled
+    assert store.list_runs(kind="absorb") == []
