@@ -6,7 +6,7 @@ from tinylora import jobs
 from tinylora.config import RunConfig
 from tinylora.store import Run, RunStore, StoreError
 from ui.common import get_store, page_header, session_owner, start_runner
-from ui.controls import apply_config_to_widgets, run_config_controls
+from ui.controls import LOAD_REQUEST, apply_config_to_widgets, run_config_controls
 from ui.run_view import empty_charts, live_run_view
 
 store = get_store()
@@ -68,9 +68,11 @@ if not run_id:
         run_id = st.query_params["run"] = mine.id
 run = store.get_run(run_id) if run_id else None
 
-# A fresh session opened on a run's URL shows that run's settings in the controls.
-if run is not None and st.session_state.get("_train_loaded") != run_id and run.kind == "train":
-    if "train_method" not in st.session_state:
+# A fresh session opened on a run's URL shows that run's settings in the controls, and so does a run that
+# another page asked to load (set here, before the controls are drawn, so that the request wins).
+load_requested = st.session_state.pop(LOAD_REQUEST, None) == run_id
+if run is not None and run.kind == "train" and (load_requested or st.session_state.get("_train_loaded") != run_id):
+    if load_requested or "train_method" not in st.session_state:
         try:
             apply_config_to_widgets(RunConfig.from_dict(run.config), "train_")
         except ValueError:

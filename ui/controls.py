@@ -27,6 +27,18 @@ def parse_learning_rate(text: str) -> float:
     return value
 
 
+LOAD_REQUEST = "_train_load"  # session key: the id of a run whose settings the Train page loads on its next run
+
+
+def request_train_load(run_id: str) -> None:
+    """Ask the Train page to load run `run_id`'s settings into its controls when it next runs.
+
+    Another page sets only this request, because widget values set there can be overwritten: on the switch,
+    the browser may send back the values the Train controls had when that page was last shown.
+    """
+    st.session_state[LOAD_REQUEST] = run_id
+
+
 def apply_config_to_widgets(config: RunConfig, prefix: str) -> None:
     """Set the controls' values to `config`; call before the controls are drawn."""
     st.session_state[f"{prefix}method"] = config.method

@@ -18,7 +18,7 @@ from tinylora.weights import ADAPTER_DIR
 
 from .adapters_view import SET_KEY
 from .charts import COLORS, overlay_chart
-from .controls import apply_config_to_widgets
+from .controls import request_train_load
 
 TRAIN_PAGE = "pages/train.py"
 ADAPTERS_PAGE = "pages/adapters.py"
@@ -250,11 +250,11 @@ def run_actions(store: RunStore, runs: list[Run]) -> None:
                       help="Load this run's settings into the Train page and show its charts" if trained_here
                       else "An uploaded adapter has no training settings"):
         try:
-            apply_config_to_widgets(RunConfig.from_dict(run.config), "train_")
+            RunConfig.from_dict(run.config)
         except ValueError as error:
             st.error(f"Run {run.id}'s settings cannot be loaded: {error}")
             return
-        st.session_state["_train_loaded"] = run.id
+        request_train_load(run.id)
         st.switch_page(TRAIN_PAGE, query_params={"run": run.id})
 
 

@@ -5,14 +5,13 @@ import time
 import pandas as pd
 import streamlit as st
 
-from tinylora.config import RunConfig
 from tinylora.store import RunStore
 from tinylora.sweep import AXIS_LABELS, SweepRecord, describe_point, sweeps_dir
 from tinylora.sweep_results import (SweepProgress, accuracy_by_r, best_point, heatmap_data, label, points_table,
                                     results_csv, runs_table, sweep_progress, trainable_by_r)
 
 from .charts import accuracy_params_chart, sweep_heatmap, sweep_parallel_coordinates
-from .controls import apply_config_to_widgets
+from .controls import request_train_load
 
 REFRESH_SECONDS = 1.0
 CHART_CONFIG = {"displayModeBar": False}
@@ -182,8 +181,7 @@ def best_section(store: RunStore, points: pd.DataFrame, record: SweepRecord, var
                  help="Load its settings into the Train controls and show its curves"):
         run = store.get_run(best["best_run_id"])
         if run is not None:
-            apply_config_to_widgets(RunConfig.from_dict(run.config), "train_")
-            st.session_state._train_loaded = run.id
+            request_train_load(run.id)
             st.switch_page("pages/train.py", query_params={"run": run.id})
 
 
