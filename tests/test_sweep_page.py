@@ -219,3 +219,12 @@ def test_unknown_sweep_id_warns_and_shows_latest(home, store, no_runner):
     assert at.selectbox(key="sweep_select").value == latest.id
     assert query_param(at, "sweep") == latest.id
     assert len(at.selectbox(key="sweep_select").options) == 2
+
+
+def test_negative_sampler_seed_is_named(home, store, no_runner):
+    at = sweep_page()
+    at.segmented_control(key="sweep_search").set_value("random").run()
+    at.number_input(key="sweep_sampler_seed").set_value(-1).run()
+    assert any("sampler seed must be between 0 and 2147483647, got -1" in e.value for e in at.error), \
+        [e.value for e in at.error]
+    assert at.button(key="sweep_start").disabled

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_file_atomic
-from .config import METHODS, RunConfig
+from .config import MAX_SEED, METHODS, RunConfig
 from .lora import TARGETABLE
 from .store import Run, RunStore
 from .tasks import TASKS
@@ -47,7 +47,6 @@ SEARCHES = ("grid", "random", "tpe")
 EXECUTORS = ("local", "ray")
 MAX_RUNS_PER_SWEEP = 512
 DONE_STATUSES = ("finished", "diverged")  # a run with one of these is a result and is never trained again
-MAX_SEED = 2**31 - 1
 AXIS_LABELS = {
     "method": "method",
     "task": "task",
@@ -106,6 +105,8 @@ class SweepSpec:
         # Settings of the sweep itself
         if self.search not in SEARCHES:
             raise ValueError(f"unknown search {self.search!r}; choose one of {', '.join(SEARCHES)}")
+        if not 0 <= self.sampler_seed <= MAX_SEED:
+            raise ValueError(f"sampler seed must be between 0 and {MAX_SEED}, got {self.sampler_seed}")
         if self.executor not in EXECUTORS:
             raise ValueError(f"unknown executor {self.executor!r}; choose one of {', '.join(EXECUTORS)}")
         if self.executor == "ray" and not self.ray_address.strip():

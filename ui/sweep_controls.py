@@ -60,8 +60,8 @@ def sweep_controls(prefix: str = "sweep_") -> tuple[SweepSpec | None, str | None
         # so the typed value goes to SweepSpec.validate, which names it and its range.
         budget = col_budget.number_input("Budget (points)", value=8, step=1, key=f"{prefix}budget",
                                          persist_state=keep)
-        sampler_seed = col_seed.number_input("Sampler seed", min_value=0, max_value=2**31 - 1, value=0, step=1,
-                                             key=f"{prefix}sampler_seed", persist_state=keep)
+        sampler_seed = col_seed.number_input("Sampler seed", value=0, step=1, key=f"{prefix}sampler_seed",
+                                             persist_state=keep)
     with st.expander("Every run"):
         col_epochs, col_batch = st.columns(2)
         epochs = col_epochs.number_input("Epochs", value=dt.epochs, step=1, key=f"{prefix}epochs", persist_state=keep)
