@@ -372,6 +372,21 @@ class Runner:
         return reaped
 
 
+def throttled_stop_flag(read: Callable[[], bool]) -> Callable[[], bool]:
+    """Return a function that calls `read` at most every STOP_POLL_SECONDS and stays True once `read` was."""
+    last_poll, stop = 0.0, False
+
+    def should_stop() -> bool:
+        nonlocal last_poll, stop
+        now = time.monotonic()
+        if not stop and now - last_poll >= STOP_POLL_SECONDS:
+            last_poll = now
+            stop = read()
+        return stop
+
+    return should_stop
+
+
 def threads_per_run() -> int:
     """Intra-op threads of each worker: `$TINYLORA_THREADS`, or the cores divided among `max_runs()` runs.
 
@@ -392,15 +407,7 @@ def execute(store: RunStore, run_id: str, kind: str, params: dict[str, Any]) -> 
     store.append_events(run_id, [], summary={"threads": threads})
     run_dir = store.run_dir(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
-    last_poll, stop = 0.0, False
-
-    def should_stop() -> bool:
-        nonlocal last_poll, stop
-        now = time.monotonic()
-        if not stop and now - last_poll >= STOP_POLL_SECONDS:
-            last_poll = now
-            stop = store.stop_requested(run_id)
-        return stop
+    should_stop = throttled_stop_flag(lambda: store.stop_requested(run_id))
 
     beating = threading.Event()
 

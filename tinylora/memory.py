@@ -93,7 +93,7 @@ def lora_parameters(arch: Architecture, r: int, target_modules: tuple[str, ...])
 
 
 def keeps_dequantized_copy(config: RunConfig) -> bool:
-    """Whether training `config` keeps a float32 copy of its quantized base (QLoRA on the fast path with the cache)."""
+    """Return whether training `config` keeps a float32 copy of its quantized base (QLoRA, fast path, cache on)."""
     return config.quant_scheme is not None and config.train.fast != "off" and config.train.cache_dequantized
 
 

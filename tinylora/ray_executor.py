@@ -38,7 +38,6 @@ RAY_INSTALL = "pip install ray==2.60.0"
 RAY_ADDRESS_ENV = "TINYLORA_RAY_ADDRESS"
 CONNECT_TIMEOUT_SECONDS = 5.0  # for the plain TCP check of the address before Ray's own, much longer retries
 FLUSH_SECONDS = 0.1  # how often a task sends buffered events
-STOP_POLL_SECONDS = 0.2
 
 
 def ray_installed() -> bool:
@@ -101,15 +100,7 @@ def train_on_worker(config: dict[str, Any], run_id: str, flags) -> Iterator[dict
     from .weights import save_trained
 
     torch.set_num_threads(1)  # the task reserves one CPU of the cluster
-    last_poll, stop = 0.0, False
-
-    def should_stop() -> bool:
-        nonlocal last_poll, stop
-        now = time.monotonic()
-        if not stop and now - last_poll >= STOP_POLL_SECONDS:
-            last_poll = now
-            stop = ray.get(flags.is_stopped.remote(run_id))
-        return stop
+    should_stop = jobs.throttled_stop_flag(lambda: ray.get(flags.is_stopped.remote(run_id)))
 
     if should_stop():
         return

@@ -198,6 +198,11 @@ def _run_planned(d: Dispatcher) -> Iterator[dict]:
     while d.watching and not d.should_stop():
         yield from d.collect_ended()
         time.sleep(POLL_SECONDS)
+    yield from _end(d)
+
+
+def _end(d) -> Iterator[dict]:
+    """Stop what is still running if a stop was requested, then yield the dispatcher's end event."""
     if d.should_stop():
         yield from d.stop_all()
         yield d.end_event("stopped", f"stopped; {_summary(d)}")
@@ -307,11 +312,7 @@ def _run_tpe(d: Dispatcher) -> Iterator[dict]:
         if not active and proposed >= budget:
             break
         time.sleep(POLL_SECONDS)
-    if d.should_stop():
-        yield from d.stop_all()
-        yield d.end_event("stopped", f"stopped; {_summary(d)}")
-        return
-    yield d.end_event("finished", _summary(d))
+    yield from _end(d)
 
 
 def _tell(study, trial, value: float | None) -> None:

@@ -175,7 +175,7 @@ def timeline_view(store: RunStore, runs: list[Run], key: str) -> None:
 
 
 def table_name(progress: ExperimentProgress) -> str:
-    """A strategy's short name for the summary table, so that every column fits at the default width."""
+    """Return a strategy's short name for the summary table, so that every column fits at the default width."""
     config = progress.run.config
     name = SHORT_NAMES.get(config.get("strategy"), str(config.get("strategy"))).split(" ", 1)[-1]
     if config.get("strategy") == "replay":
