@@ -68,9 +68,10 @@ if not run_id:
         run_id = st.query_params["run"] = mine.id
 run = store.get_run(run_id) if run_id else None
 
-# A fresh session opened on a run's URL shows that run's settings in the controls, and so does a run that
-# another page asked to load (set here, before the controls are drawn, so that the request wins).
-load_requested = st.session_state.pop(LOAD_REQUEST, None) == run_id
+# A fresh session on a run's URL, or another page's load request, sets the controls to that run's settings
+# before they are drawn. The request is cleared only at the end of a script run that shows its run, because a
+# run cut short by the browser's next rerun (which carries the controls' old values) must apply it again.
+load_requested = run_id is not None and st.session_state.get(LOAD_REQUEST) == run_id
 if run is not None and run.kind == "train" and (load_requested or st.session_state.get("_train_loaded") != run_id):
     if load_requested or "train_method" not in st.session_state:
         try:
@@ -110,3 +111,6 @@ else:
             "(r=4, lora_alpha=8 on qkv and proj, learning rate 5e-3, 8 epochs), which ends at validation accuracy "
             "0.984.", icon=":material/play_circle:")
     empty_charts("train")
+
+if load_requested:
+    st.session_state.pop(LOAD_REQUEST, None)

@@ -145,7 +145,12 @@ def test_sweep_fills_in_and_opens_best_on_train(home):
         page.get_by_role("button", name="Open the best run on Train").click()
         page.get_by_role("heading", name="Train", exact=True).wait_for(timeout=60_000)
         wait_until(page, lambda: f"run={best.id}" in page.url, timeout=30, message="the best run in the URL")
+        # The controls take the run's values within a few seconds and keep them.
         r_box = page.get_by_label("r (rank)", exact=True)
-        assert r_box.input_value() == str(best.config["lora"]["r"])
-        assert page.get_by_label("lora_alpha", exact=True).input_value() == f"{best.config['lora']['lora_alpha']:.2f}"
+        alpha_box = page.get_by_label("lora_alpha", exact=True)
+        loaded = (str(best.config["lora"]["r"]), f"{best.config['lora']['lora_alpha']:.2f}")
+        wait_until(page, lambda: (r_box.input_value(), alpha_box.input_value()) == loaded, timeout=10,
+                   message=f"r and lora_alpha to read {loaded}")
+        page.wait_for_timeout(2000)
+        assert (r_box.input_value(), alpha_box.input_value()) == loaded
         page.get_by_text(re.compile(r"Finished: validation accuracy")).wait_for(timeout=30_000)

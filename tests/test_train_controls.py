@@ -1,4 +1,5 @@
-"""The Train page's base, NF4 block size and double quantization controls, and the base status message."""
+"""The Train page's base, NF4 block size and double quantization controls, the base status message, and loading
+a run's settings on another page's request."""
 
 import os
 
@@ -6,6 +7,8 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT
 from tinylora.config import QuantOptions, RunConfig, TrainConfig
+from tinylora.lora import LoRAConfig
+from ui.controls import LOAD_REQUEST
 
 
 def app() -> AppTest:
@@ -71,3 +74,23 @@ def test_run_view_shows_base_status(home, store):
     texts = [bar.proto.text for bar in at.get("progress")]
     assert any(text.startswith("Preparing the base finetuned:middle_high") for text in texts), texts
     assert any("base finetuned:middle_high" in caption.value for caption in at.caption)
+
+
+def test_load_request_waits_for_its_run(home, store):
+    """A load request survives a Train script run that shows no run and applies once its run is shown."""
+    config = RunConfig(task="sum_high", lora=LoRAConfig(r=8, lora_alpha=16.0), train=TrainConfig(epochs=1))
+    run_id = store.create_run("train", config.to_dict())
+    store.finish_run(run_id, "stopped", "stopped before it started")
+    at = app().run()  # Train was shown before: its controls hold the defaults
+    assert at.number_input(key="train_r").value == 4
+    at.session_state[LOAD_REQUEST] = run_id
+    at.run()  # a script run of Train without the run in its URL
+    assert at.session_state[LOAD_REQUEST] == run_id
+    assert at.number_input(key="train_r").value == 4
+    at.query_params["run"] = run_id
+    at.run()
+    assert not at.exception
+    assert at.number_input(key="train_r").value == 8
+    assert at.number_input(key="train_lora_alpha").value == 16.0
+    assert at.selectbox(key="train_task").value == "sum_high"
+    assert LOAD_REQUEST not in at.session_state
