@@ -1,7 +1,7 @@
 """`python -m bench`: run the benchmark suite, save its figures as JSON and update BENCHMARKS.md.
 
-Sections (all by default): throughput, peak (with the fraction of it each step reaches), profile, memory,
-accuracy, lab (the wall time of `python -m tinylora lab` against bench/lab_reference.py). Run from the repository root. Timings run at each thread count of `--threads`, because a worker trains
+Sections (all by default): throughput, two_cores (a step split over two processes, against the reference
+at 1 and 2 threads), peak (with the fraction of it each step reaches), profile, memory, accuracy, lab (the wall time of `python -m tinylora lab` against bench/lab_reference.py). Run from the repository root. Timings run at each thread count of `--threads`, because a worker trains
 with a fixed count and the reference is compared at the same one.
 """
 
@@ -15,7 +15,7 @@ from . import suite
 from .report import render, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("throughput", "peak", "profile", "memory", "accuracy", "lab")
+SECTIONS = ("throughput", "two_cores", "peak", "profile", "memory", "accuracy", "lab")
 # NOTE: the app's click-to-first-chart latency in a real browser is still to come as a section. It goes in as
 # one function in bench/suite.py, one name in SECTIONS, and one block in report.render.
 
@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         print("accuracy", flush=True)
         results["accuracy"] = suite.accuracy(methods, list(range(args.seeds)), modes, threads)
 
+    if "two_cores" in sections:
+        print("two cores", flush=True)
+        results["two_cores"] = suite.two_cores(methods, args.reps, args.epochs)
     if "lab" in sections:
         print("lab", flush=True)
         results["lab"] = suite.lab(args.reps, threads[0])

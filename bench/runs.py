@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from tinylora.config import METHODS, RunConfig, TrainConfig
+from tinylora.split_step import set_step_processes, step_processes
 from tinylora.training import prepare_run
 
 from . import reference
@@ -77,7 +78,13 @@ class SteppedRun:
     run's batch order, and every run trains exactly as it would alone.
     """
 
-    def __init__(self, contender: str, method: str, epochs: int):
+    def __init__(self, contender: str, method: str, epochs: int, threads: int | None = None, processes: int = 1):
+        """Prepare `contender` ("reference" or "tinylora fast=MODE") on `method`.
+
+        With `threads`, every advance runs at that many intra-op threads (else at the count in force), and with
+        `processes` 2 tinylora splits each step over two processes (see tinylora.split_step).
+        """
+        self.threads, self.processes = threads, processes
         if contender == "reference":
             config = RunConfig(method=method)
             quantized = config.lora.target_modules if config.quant.modules == "targets" else reference.BLOCK_LINEARS
@@ -98,12 +105,20 @@ class SteppedRun:
     def advance(self) -> None:
         """Run until the next event, timing it, with this run's random generator state swapped in."""
         torch.set_rng_state(self._rng)
-        start = time.perf_counter()
-        event = next(self._events, None)
-        seconds = time.perf_counter() - start
+        threads, processes = torch.get_num_threads(), step_processes()
+        torch.set_num_threads(self.threads or threads)
+        set_step_processes(self.processes)
+        try:
+            start = time.perf_counter()
+            event = next(self._events, None)
+            seconds = time.perf_counter() - start
+        finally:
+            torch.set_num_threads(threads)
+            set_step_processes(processes)
         self._rng = torch.get_rng_state()
         if event is None or event["type"] == "end":
             self.done = True
+            self._events.close()  # ends the run's generator now, and any helper process with it
         elif event["type"] == "step":
             self.step_seconds.append(seconds)
             self.final_loss = event["train/loss"]

@@ -79,6 +79,20 @@ def contenders(fast_modes: tuple[str, ...]) -> list[str]:
 
 # Training throughput
 
+def run_interleaved(runs: list[SteppedRun]) -> None:
+    """Advance `runs` one event each in turn until all have ended, so that they share the same load."""
+    while not all(run.done for run in runs):
+        for run in runs:
+            if not run.done:
+                run.advance()
+
+
+def print_rep(section: str, rep: int, reps: int, method: str, by_contender: dict[str, list[SteppedRun]]) -> None:
+    """Print each contender's median step time in the repetition that just ended."""
+    print(f"  {section} rep {rep + 1}/{reps} {method}: " + ", ".join(
+        f"{name} {statistics.median(done[-1].step_seconds) * 1e3:.1f} ms/step" for name, done in by_contender.items()),
+        flush=True)
+
 def throughput(methods: list[str], reps: int, epochs: int, fast_modes: tuple[str, ...]) -> dict:
     """Train every method with every contender `reps` times, the contenders interleaved step by step.
 
@@ -91,15 +105,10 @@ def throughput(methods: list[str], reps: int, epochs: int, fast_modes: tuple[str
         for method in methods:
             order = names if rep % 2 == 0 else names[::-1]
             active = [SteppedRun(contender, method, epochs) for contender in order]
-            while not all(run.done for run in active):
-                for run in active:
-                    if not run.done:
-                        run.advance()
+            run_interleaved(active)
             for contender, run in zip(order, active):
                 runs[method][contender].append(run)
-            print(f"  throughput rep {rep + 1}/{reps} {method}: " + ", ".join(
-                f"{c} {statistics.median(runs[method][c][-1].step_seconds) * 1e3:.1f} ms/step" for c in names),
-                flush=True)
+            print_rep("throughput", rep, reps, method, runs[method])
 
     out = {}
     for method, by_contender in runs.items():
@@ -120,6 +129,53 @@ def throughput(methods: list[str], reps: int, epochs: int, fast_modes: tuple[str
                 "speedup_run": spread([b / s for s, b in zip(run_seconds, ref_run)]),
                 "accuracies": done[0].accuracies,
                 "final_loss": done[0].final_loss,
+            }
+        out[method] = entry
+    return out
+
+
+# Two cores: a step split over two processes against the reference at one and two threads
+
+# (name, contender, intra-op threads, step processes); every ratio of this section is against the first two.
+SPLIT_CONTENDERS = (("reference, 1 thread", REFERENCE, 1, 1), ("reference, 2 threads", REFERENCE, 2, 1),
+                    ("tinylora, 1 process of 1 thread", "tinylora fast=auto", 1, 1),
+                    ("tinylora, 2 processes of 1 thread", "tinylora fast=auto", 1, 2))
+
+
+def two_cores(methods: list[str], reps: int, epochs: int) -> dict:
+    """Time each method on two cores: the reference at 1 and 2 threads, tinylora in 1 and in 2 processes.
+
+    A worker with one thread splits a run's steps over two processes unless the run is part of a group, so
+    on a 2-core machine that is the default path of a run started on the Train page. The contenders are
+    interleaved step by step as in `throughput`; the reference's best thread count is the fair comparison.
+    """
+    names = [name for name, *_ in SPLIT_CONTENDERS]
+    runs: dict[str, dict[str, list[SteppedRun]]] = {m: {n: [] for n in names} for m in methods}
+    for rep in range(reps):
+        for method in methods:
+            order = SPLIT_CONTENDERS if rep % 2 == 0 else SPLIT_CONTENDERS[::-1]
+            active = [SteppedRun(contender, method, epochs, threads, processes)
+                      for _, contender, threads, processes in order]
+            run_interleaved(active)
+            for (name, *_), run in zip(order, active):
+                runs[method][name].append(run)
+            print_rep("two cores", rep, reps, method, runs[method])
+
+    out = {}
+    for method, by_name in runs.items():
+        step = {name: [statistics.median(r.step_seconds) for r in done] for name, done in by_name.items()}
+        run_seconds = {name: [sum(r.step_seconds) + sum(r.eval_seconds) for r in done]
+                       for name, done in by_name.items()}
+        entry = {}
+        for name in names:
+            entry[name] = {
+                "step_ms": spread([s * 1e3 for s in step[name]]),
+                "run_seconds": spread(run_seconds[name]),
+                "accuracies": by_name[name][0].accuracies,
+                # against each reference contender, by its name
+                "speedup_steps": {ref: spread([b / s for s, b in zip(step[name], step[ref])]) for ref in names[:2]},
+                "speedup_run": {ref: spread([b / s for s, b in zip(run_seconds[name], run_seconds[ref])])
+                                for ref in names[:2]},
             }
         out[method] = entry
     return out

@@ -60,3 +60,24 @@ def test_interleaved_runs_train_as_alone():
         assert len(run.step_seconds) == 16
         assert run.final_loss == alone.final_loss
         assert run.accuracies == alone.accuracies
+
+
+def test_two_cores_section_times_every_contender():
+    """The two-core section runs the split contender with its own process count and leaves the process as it was."""
+    from bench import suite
+    from bench.report import _two_cores
+    from tinylora.split_step import step_processes
+
+    figures = suite.two_cores(["lora"], reps=1, epochs=1)
+
+    entry = figures["lora"]
+    assert list(entry) == [name for name, *_ in suite.SPLIT_CONTENDERS]
+    for name, e in entry.items():
+        assert e["step_ms"]["median"] > 0
+        assert len(e["accuracies"]) == 1
+    assert entry["reference, 1 thread"]["speedup_steps"]["reference, 1 thread"]["median"] == 1.0
+    # Rounding differs with the split, but one epoch of the default run keeps its accuracy.
+    assert entry["tinylora, 2 processes of 1 thread"]["accuracies"] == entry["reference, 1 thread"]["accuracies"]
+    assert step_processes() == 1
+    table = "\n".join(_two_cores(figures, {"epochs": 1, "reps": 1}))
+    assert "| lora | 3x | tinylora, 2 processes of 1 thread |" in table

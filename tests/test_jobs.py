@@ -7,7 +7,7 @@ import time
 import pytest
 
 from conftest import wait_for
-from torch_threads import torch_threads
+from torch_threads import step_processes, torch_threads
 from tinylora import jobs
 from tinylora.config import RunConfig, TrainConfig
 
@@ -39,8 +39,8 @@ def test_worker_matches_in_process_training(store):
     run_id = jobs.submit(store, "train", FAST)
     run = wait_for(lambda: ended(store, run_id), message="the run to end")
     worker_losses = [e["train/loss"] for _, e in store.events(run_id, types=("step",))]
-    # The worker records its thread count; the same count here gives the same float sums.
-    with torch_threads(run.summary["threads"]):
+    # The worker records its thread and step process counts; the same counts here give the same float sums.
+    with torch_threads(run.summary["threads"]), step_processes(run.summary["step_processes"]):
         local_losses = [e["train/loss"] for e in prepare_run(RunConfig.from_dict(FAST)).events()
                         if e["type"] == "step"]
     assert worker_losses == local_losses

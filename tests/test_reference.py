@@ -9,7 +9,7 @@ from tinylora.config import QuantOptions, RunConfig, TrainConfig
 from tinylora.model import TinyClassifier, count_parameters
 from tinylora.quant import Int8PerTensor
 from tinylora.training import prepare_run
-from torch_threads import torch_threads
+from torch_threads import step_processes, torch_threads
 
 REFERENCE_LORA_LOG = [0.742, 0.941, 0.994, 0.967, 0.988, 0.998, 0.965, 0.984]
 
@@ -40,10 +40,11 @@ def test_int8_codes_of_known_values():
     assert state["codes"].dtype == torch.int8
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_default_lora_run_matches_reference_log(threads):
-    # A worker trains with 1 thread on 2 cores and 2 on 4: the default path keeps the log at both.
-    with torch_threads(threads):
+@pytest.mark.parametrize("threads, processes", [(1, 1), (2, 1), (1, 2)])
+def test_default_lora_run_matches_reference_log(threads, processes):
+    # A worker trains with 1 thread on 2 cores and 2 on 4, and a run outside a group splits its steps over
+    # two processes of 1 thread each: the default path keeps the log in every case.
+    with torch_threads(threads), step_processes(processes):
         assert eval_log(RunConfig()) == REFERENCE_LORA_LOG
 
 
@@ -54,4 +55,6 @@ def test_qlora_int8_on_targets_matches_reference():
     config = RunConfig(method="qlora-int8", quant=QuantOptions(modules="targets"))
     assert eval_log(dataclasses.replace(config, train=TrainConfig(fast="off")))[-1] == 0.992
     with torch_threads(1):
+        assert eval_log(config)[-1] == 0.992
+    with torch_threads(1), step_processes(2):
         assert eval_log(config)[-1] == 0.992

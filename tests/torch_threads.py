@@ -1,8 +1,10 @@
-"""Intra-op thread counts for tests that compare a run's low bits, which the fast path's float sums depend on."""
+"""Thread and process counts for tests that compare a run's low bits, which the fast path's float sums depend on."""
 
 import contextlib
 
 import torch
+
+from tinylora import split_step
 
 
 @contextlib.contextmanager
@@ -14,3 +16,14 @@ def torch_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def step_processes(n: int):
+    """Run the block with training steps split over `n` processes, as a worker with that count does."""
+    before = split_step.step_processes()
+    split_step.set_step_processes(n)
+    try:
+        yield
+    finally:
+        split_step.set_step_processes(before)

@@ -398,13 +398,36 @@ def threads_per_run() -> int:
     return _count_from_env("TINYLORA_THREADS") or max(1, (os.cpu_count() or 1) // max_runs())
 
 
+def step_processes_per_run(grouped: bool = False) -> int:
+    """Processes that share each training step of a run: `$TINYLORA_STEP_PROCESSES` (1 or 2), or the default.
+
+    By default a run that has one thread on a machine with two or more cores splits its steps over two
+    processes (see tinylora.split_step). A run in a group keeps one process, because the group's runs (a
+    sweep's points, the Forgetting page's strategies, the Quantization page's schemes) already train side by
+    side. Like the thread count, this follows from configuration only, because it changes a run's last bits.
+    """
+    count = _count_from_env("TINYLORA_STEP_PROCESSES")
+    if count is not None and count > 2:
+        log.warning("ignoring TINYLORA_STEP_PROCESSES=%d: it must be 1 or 2", count)
+        count = None
+    if count is not None:
+        return count
+    forks = hasattr(os, "fork")  # the helper process is a fork
+    return 2 if forks and not grouped and threads_per_run() == 1 and (os.cpu_count() or 1) >= 2 else 1
+
+
 def execute(store: RunStore, run_id: str, kind: str, params: dict[str, Any]) -> int:
     """Run one job in this process, streaming its events into the store; return the process exit code."""
     import torch
 
+    from .split_step import set_step_processes
+
     threads = threads_per_run()
     torch.set_num_threads(threads)
-    store.append_events(run_id, [], summary={"threads": threads})
+    run = store.get_run(run_id)
+    processes = step_processes_per_run(grouped=run is not None and bool(run.group_id))
+    set_step_processes(processes)
+    store.append_events(run_id, [], summary={"threads": threads, "step_processes": processes})
     run_dir = store.run_dir(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     should_stop = throttled_stop_flag(lambda: store.stop_requested(run_id))

@@ -27,6 +27,7 @@ from .config import RANDOM_BASE, RunConfig, TrainConfig
 from .fastpath import keep_freed_memory, make_forward
 from .methods import build_model
 from .model import count_parameters
+from .split_step import HalfBatchHelper, step_processes
 from .tasks import make_data
 
 # (token ids (N, T), labels (N,)), optionally followed by task ids (N,) that the model receives as `task_ids`.
@@ -43,17 +44,26 @@ def model_inputs(data: Data, idx: torch.Tensor | slice) -> tuple[torch.Tensor, .
 def evaluate(model: nn.Module, data: Data, batch_size: int = 1024,
              forward: Callable[..., torch.Tensor] | None = None) -> tuple[float, float]:
     """Return (accuracy, mean cross-entropy) of `model` on `data`, computing logits with `forward` when given."""
-    x, y = data[0], data[1]
+    correct, loss_sum = correct_and_loss(model, data, slice(0, len(data[0])), batch_size, forward)
+    return correct / len(data[0]), loss_sum / len(data[0])
+
+
+@torch.no_grad()
+def correct_and_loss(model: nn.Module, data: Data, rows: slice, batch_size: int = 1024,
+                     forward: Callable[..., torch.Tensor] | None = None) -> tuple[int, float]:
+    """Return the correct count and the summed cross-entropy of `model` on rows `rows` of `data`, in eval mode."""
+    y = data[1]
     forward = model if forward is None else forward
     was_training = model.training
     model.eval()
     correct, loss_sum = 0, 0.0
-    for i in range(0, len(x), batch_size):
-        logits = forward(*model_inputs(data, slice(i, i + batch_size)))
-        correct += (logits.argmax(-1) == y[i:i + batch_size]).sum().item()
-        loss_sum += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
+    for i in range(rows.start, rows.stop, batch_size):
+        chunk = slice(i, min(i + batch_size, rows.stop))
+        logits = forward(*model_inputs(data, chunk))
+        correct += (logits.argmax(-1) == y[chunk]).sum().item()
+        loss_sum += F.cross_entropy(logits, y[chunk], reduction="sum").item()
     model.train(was_training)
-    return correct / len(x), loss_sum / len(x)
+    return correct, loss_sum
 
 
 def train(model: nn.Module, train_data: Data, val_data: Data | None, config: TrainConfig,
@@ -85,42 +95,76 @@ def train(model: nn.Module, train_data: Data, val_data: Data | None, config: Tra
     step, final_acc = 0, None
 
     def end(status: str, message: str) -> dict:
+        if helper is not None:  # before the last event, which a caller may never resume after
+            helper.close()
         seconds = time.perf_counter() - start
         return {"type": "end", "status": status, "message": message, "step": step, "seconds": seconds,
                 "steps_per_second": step / seconds if seconds > 0 else 0.0, "final_acc": final_acc}
 
     def evaluation(epoch: float) -> dict:
         nonlocal final_acc
-        final_acc, val_loss = evaluate(model, val_data, forward=forward)
+        if helper is None:
+            final_acc, val_loss = evaluate(model, val_data, forward=forward)
+        else:
+            n_val = len(val_data[0])
+            correct, loss_sum = helper.evaluate(n_val)
+            final_acc, val_loss = correct / n_val, loss_sum / n_val
         return {"type": "eval", "step": step, "epoch": epoch, "val/acc": final_acc,
                 "val/loss": val_loss if math.isfinite(val_loss) else None,
                 "seconds": time.perf_counter() - start}
 
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        perm = torch.randperm(n)
-        for i in range(0, n, config.batch_size):
-            idx = perm[i:i + config.batch_size]
-            loss = F.cross_entropy(forward(*model_inputs(train_data, idx)), y[idx])
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                yield end("diverged", f"the training loss became {loss_value} at step {step + 1} (epoch {epoch}); "
-                                      f"lower the learning rate (now {config.lr:g}) and train again")
-                return
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            step += 1
-            yield {"type": "step", "step": step, "epoch": epoch - 1 + (i + len(idx)) / n,
-                   "train/loss": loss_value, "seconds": time.perf_counter() - start}
-            if should_stop():
-                if val_data is not None:
-                    yield evaluation(epoch - 1 + (i + len(idx)) / n)
-                yield end("stopped", f"stopped at step {step} of {steps_per_epoch * config.epochs}")
-                return
-        if val_data is not None:
-            yield evaluation(float(epoch))
-    yield end("finished", f"finished {config.epochs} epochs")
+    def half_loss(rows: torch.Tensor, batch_size: int) -> torch.Tensor:
+        if not model.training:  # the helper's copy of the model keeps the mode it had when it was forked
+            model.train()
+        return F.cross_entropy(forward(*model_inputs(train_data, rows)), y[rows], reduction="sum") / batch_size
+
+    def half_evaluation(rows: slice) -> tuple[float, float]:
+        return correct_and_loss(model, val_data, rows, forward=forward)
+
+    # On the fast path, a second process can compute half of every batch (see tinylora.split_step). Dropout
+    # draws from the random generator, which each process would draw from separately, so it keeps one process.
+    helper = None
+    dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
+    float32 = all(p.dtype == torch.float32 for p in params)
+    if fast and step_processes() == 2 and not dropout and float32 and config.batch_size >= 2 and n >= 2:
+        helper = HalfBatchHelper(params, half_loss, half_evaluation, config.batch_size)
+    try:
+        for epoch in range(1, config.epochs + 1):
+            model.train()
+            perm = torch.randperm(n)
+            for i in range(0, n, config.batch_size):
+                idx = perm[i:i + config.batch_size]
+                optimizer.zero_grad()
+                if helper is not None and len(idx) >= 2:
+                    split = len(idx) // 2
+                    helper.start(idx, split, len(idx))
+                    loss = half_loss(idx[:split], len(idx))
+                    loss.backward()
+                    loss_value = loss.item() + helper.collect()
+                else:
+                    loss = F.cross_entropy(forward(*model_inputs(train_data, idx)), y[idx])
+                    loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    yield end("diverged", f"the training loss became {loss_value} at step {step + 1} (epoch {epoch}); "
+                                          f"lower the learning rate (now {config.lr:g}) and train again")
+                    return
+                if helper is None or len(idx) < 2:
+                    loss.backward()
+                optimizer.step()
+                step += 1
+                yield {"type": "step", "step": step, "epoch": epoch - 1 + (i + len(idx)) / n,
+                       "train/loss": loss_value, "seconds": time.perf_counter() - start}
+                if should_stop():
+                    if val_data is not None:
+                        yield evaluation(epoch - 1 + (i + len(idx)) / n)
+                    yield end("stopped", f"stopped at step {step} of {steps_per_epoch * config.epochs}")
+                    return
+            if val_data is not None:
+                yield evaluation(float(epoch))
+        yield end("finished", f"finished {config.epochs} epochs")
+    finally:
+        if helper is not None:
+            helper.close()
 
 
 @dataclass
