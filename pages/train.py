@@ -22,14 +22,21 @@ PAGE_OF_KIND = {"adapters": ("pages/adapters.py", "Adapters"), "forgetting": ("p
 SHOWN_KINDS = ("train", "upload")  # kinds whose run view this page draws
 
 
-def active_run_of_session(store: RunStore, owner: str) -> Run | None:
-    """Return the newest queued or running training run that this browser session started, if any.
+SHOWN_RUN = "_train_shown"  # session key: the id of the last run this page showed
 
-    The store, not the URL, is the record: two clicks a few milliseconds apart send two reruns that both
-    carry the URL from before the first click, so a guard on the URL alone lets the second start a duplicate.
+
+def active_run_of_session(store: RunStore, owner: str) -> Run | None:
+    """Return this browser session's queued or running training run, if any.
+
+    That is the newest active run the session started, or else the last run the page showed while it is
+    still active: a refresh starts a new session, which then finds the run it reopened from the URL. The
+    store, not the URL, is the record: two clicks a few milliseconds apart send two reruns that both carry
+    the URL from before the first click, so a guard on the URL alone lets the second start a duplicate.
     """
     runs = store.list_runs(kind="train", statuses=("queued", "running"))
-    return next((run for run in runs if run.owner == owner), None)
+    shown_id = st.session_state.get(SHOWN_RUN)
+    return (next((run for run in runs if run.owner == owner), None)
+            or next((run for run in runs if run.id == shown_id), None))
 
 
 def start_run() -> None:
@@ -105,6 +112,8 @@ if elsewhere:
     st.page_link(page, label=f"Open {title}", icon=":material/arrow_forward:")
     empty_charts("train")
 elif run_id:
+    if run is not None:
+        st.session_state[SHOWN_RUN] = run_id
     live_run_view(store, run_id, key="train")
 else:
     st.info("Choose settings in the sidebar and press **Train**. The defaults are the reference notebook's LoRA run "

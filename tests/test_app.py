@@ -42,7 +42,7 @@ def test_page_runs_without_exception(home, name):
 
 def test_train_runs_to_the_end_and_charts_hold_points(home):
     at = app().run()
-    at.number_input(key="train_epochs").set_value(2).run()
+    at.text_input(key="train_epochs").input("2").run()
     at.button(key="train_button").click().run()
     assert not at.exception
     run_id = at.query_params["run"][0] if isinstance(at.query_params["run"], list) else at.query_params["run"]
@@ -65,7 +65,7 @@ def test_train_runs_to_the_end_and_charts_hold_points(home):
 
 def test_second_click_while_active_starts_nothing(home, store):
     at = app().run()
-    at.number_input(key="train_epochs").set_value(400).run()
+    at.text_input(key="train_epochs").input("400").run()
     at.button(key="train_button").click().run()
     assert at.button(key="train_button").disabled
     with pytest.raises(AppTestError, match="disabled"):
@@ -97,11 +97,18 @@ def test_second_click_while_active_starts_nothing(home, store):
     ("train_lora_alpha", -3.0, "lora_alpha must be a positive finite number such as 8, got -3.0"),
     ("train_lora_alpha", 2000.0, "lora_alpha must be at most 1024, got 2000"),
     ("train_seed", -1, "seed must be between 0 and 2147483647, got -1"),
+    # Whole numbers are typed as text, so a number too large for a browser's number box still reaches the check.
+    ("train_r", "99999999999999999999", "got 99999999999999999999"),
+    ("train_epochs", "99999999999999999999", "epochs must be between 1 and 500, got 99999999999999999999"),
+    ("train_seed", "99999999999999999999", "seed must be between 0 and 2147483647, got 99999999999999999999"),
+    ("train_epochs", "2.5", "epochs '2.5' is not a whole number; enter one such as 8"),
+    ("train_r", "four", "r 'four' is not a whole number; enter one such as 4"),
+    ("train_batch_size", "", "batch size '' is not a whole number; enter one such as 64"),
 ])
 def test_invalid_setting_shows_error_and_starts_nothing(home, store, key, value, message):
     at = app().run()
-    if key == "train_lr":
-        at.text_input(key=key).input(value).run()
+    if key in ("train_lr", "train_r", "train_epochs", "train_batch_size", "train_seed"):
+        at.text_input(key=key).input(str(value)).run()
     elif key == "train_targets":
         at.multiselect(key=key).set_value(value).run()
     else:
@@ -123,7 +130,7 @@ def test_refresh_on_run_url_shows_the_run(home, store):
     assert not at.exception
     assert any(run_id in c.value for c in at.caption)
     assert at.selectbox(key="train_method").value == "full"
-    assert at.number_input(key="train_seed").value == 5
+    assert at.text_input(key="train_seed").value == "5"
     assert chart_points(at)["Validation accuracy"] == [1]
 
 
@@ -160,6 +167,24 @@ def test_train_page_finds_the_session_run(home, store):
     at.run()
     assert at.query_params["run"] in (run_id, [run_id])
     assert any(run_id in c.value for c in at.caption)
+    assert at.button(key="train_button").disabled
+    assert not at.button(key="stop_button").disabled
+    store.request_stop(run_id)
+
+
+def test_refreshed_session_finds_its_run_after_page_switch(home, store):
+    from tinylora import jobs
+    from tinylora.config import RunConfig, TrainConfig
+
+    # The run was started before a browser refresh, which gave the page a new session id.
+    run_id = jobs.submit(store, "train", RunConfig(train=TrainConfig(epochs=400)).to_dict(), owner="old-session")
+    at = app()
+    at.query_params["run"] = run_id
+    at.run()
+    # Another page, then Train from the sidebar: the URL has no run id any more.
+    at.query_params.pop("run")
+    at.run()
+    assert at.query_params["run"] in (run_id, [run_id])
     assert at.button(key="train_button").disabled
     assert not at.button(key="stop_button").disabled
     store.request_stop(run_id)
