@@ -34,9 +34,9 @@ def test_four_sessions_share_two_slots(home, store, monkeypatch):
     sessions = []
     for seed in range(4):
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
-        at.number_input(key="train_epochs").set_value(1).run()
-        at.number_input(key="train_batch_size").set_value(256).run()  # 4 steps a run
-        at.number_input(key="train_seed").set_value(10 + seed).run()
+        at.text_input(key="train_epochs").input("1").run()
+        at.text_input(key="train_batch_size").input("256").run()  # 4 steps a run
+        at.text_input(key="train_seed").input(str(10 + seed)).run()
         sessions.append(at)
     for at in sessions:
         at.button(key="train_button").click().run()

@@ -125,7 +125,7 @@ def test_sweep_view_shows_results_and_opens_best_on_train(home, store, no_runner
     at.button(key="sweep-open-best").click().run()
     assert not at.exception
     assert at.title[0].value == "Train"
-    assert at.session_state["train_r"] == 8
+    assert at.session_state["train_r"] == "8"
     assert at.session_state["train_lora_alpha"] == 8.0
     assert at.query_params["run"] in (ids[(8, 8.0)], [ids[(8, 8.0)]])
 
@@ -153,7 +153,7 @@ def test_stop_button_stops_the_sweep(home, store, monkeypatch):
 
 def test_train_rslora_checkbox_sets_run_config(home, store):
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
-    at.number_input(key="train_epochs").set_value(300).run()
+    at.text_input(key="train_epochs").input("300").run()
     at.checkbox(key="train_use_rslora").check().run()
     at.button(key="train_button").click().run()
     assert not at.exception

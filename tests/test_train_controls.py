@@ -82,15 +82,15 @@ def test_load_request_waits_for_its_run(home, store):
     run_id = store.create_run("train", config.to_dict())
     store.finish_run(run_id, "stopped", "stopped before it started")
     at = app().run()  # Train was shown before: its controls hold the defaults
-    assert at.number_input(key="train_r").value == 4
+    assert at.text_input(key="train_r").value == "4"
     at.session_state[LOAD_REQUEST] = run_id
     at.run()  # a script run of Train without the run in its URL
     assert at.session_state[LOAD_REQUEST] == run_id
-    assert at.number_input(key="train_r").value == 4
+    assert at.text_input(key="train_r").value == "4"
     at.query_params["run"] = run_id
     at.run()
     assert not at.exception
-    assert at.number_input(key="train_r").value == 8
+    assert at.text_input(key="train_r").value == "8"
     assert at.number_input(key="train_lora_alpha").value == 16.0
     assert at.selectbox(key="train_task").value == "sum_high"
     assert LOAD_REQUEST not in at.session_state

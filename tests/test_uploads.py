@@ -109,6 +109,8 @@ def test_bad_upload_is_rejected_and_leaves_nothing(store, trained, case):
     (UploadSettings(task="odd_majority", method="full"), "needs a LoRA method"),
     (UploadSettings(task="no_such_task"), "unknown task 'no_such_task'"),
     (UploadSettings(task="odd_majority", method="qlora-nf9"), "unknown method 'qlora-nf9'"),
+    (UploadSettings(task="odd_majority", seed=2**31), "base seed must be between 0 and 2147483647, got 2147483648"),
+    (UploadSettings(task="odd_majority", seed=-1), "base seed must be between 0 and 2147483647, got -1"),
 ])
 def test_bad_settings_are_rejected(store, trained, settings, message):
     with pytest.raises(ValueError, match=message):

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from .adapter_files import Adapter, load_adapter, read_adapter, read_adapter_upload, validate_adapter, write_adapter
-from .config import METHODS, RunConfig
+from .config import MAX_SEED, METHODS, RunConfig
 from .jobs import JobContext, ensure_runner, submit
 from .lora import DEFAULT_ADAPTER, lora_layers
 from .methods import build_model
@@ -60,6 +60,9 @@ def upload_params(adapter: Adapter, settings: UploadSettings, file_names: list[s
     seed = settings.seed
     if seed is None:
         seed = base_seed_from_name(adapter.base_model_name_or_path) or 0
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"base seed must be between 0 and {MAX_SEED}, got {seed}; leave it empty to use the "
+                         f"adapter's own")
     lora = asdict(adapter.config)
     lora["target_modules"] = list(lora["target_modules"])
     return {

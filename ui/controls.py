@@ -5,7 +5,8 @@ import math
 import streamlit as st
 
 from tinylora.checkpoints import is_cached
-from tinylora.config import BASES, METHOD_LABELS, METHODS, QuantOptions, RunConfig, TrainConfig
+from tinylora.config import (BASES, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_R, METHOD_LABELS, METHODS, QuantOptions,
+                             RunConfig, TrainConfig)
 from tinylora.lora import TARGETABLE, LoRAConfig
 from tinylora.quant import BLOCK_SIZES
 from tinylora.tasks import TASKS
@@ -27,6 +28,14 @@ def parse_learning_rate(text: str) -> float:
     return value
 
 
+def parse_whole_number(text: str, name: str, example: int) -> int:
+    """Parse a whole-number box; raise ValueError naming the box, the text and an example of the expected form."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"{name} {text.strip()!r} is not a whole number; enter one such as {example}") from None
+
+
 LOAD_REQUEST = "_train_load"  # session key: the id of a run whose settings the Train page loads on its next run
 
 
@@ -39,36 +48,46 @@ def request_train_load(run_id: str) -> None:
     st.session_state[LOAD_REQUEST] = run_id
 
 
+def config_widget_values(config: RunConfig, prefix: str) -> dict:
+    """Return the controls' session-state values that show `config`, keyed by widget key."""
+    return {
+        f"{prefix}method": config.method,
+        f"{prefix}task": config.task,
+        f"{prefix}base": config.base,
+        f"{prefix}r": str(config.lora.r),
+        f"{prefix}lora_alpha": float(config.lora.lora_alpha),
+        f"{prefix}use_rslora": config.lora.use_rslora,
+        f"{prefix}targets": list(config.lora.target_modules),
+        f"{prefix}quant_modules": config.quant.modules,
+        f"{prefix}block_size": config.quant.block_size,
+        f"{prefix}double_quant": config.quant.double_quant,
+        f"{prefix}lr": f"{config.train.lr:g}",
+        f"{prefix}epochs": str(config.train.epochs),
+        f"{prefix}batch_size": str(config.train.batch_size),
+        f"{prefix}seed": str(config.train.seed),
+    }
+
+
 def apply_config_to_widgets(config: RunConfig, prefix: str) -> None:
     """Set the controls' values to `config`; call before the controls are drawn."""
-    st.session_state[f"{prefix}method"] = config.method
-    st.session_state[f"{prefix}task"] = config.task
-    st.session_state[f"{prefix}r"] = config.lora.r
-    st.session_state[f"{prefix}lora_alpha"] = float(config.lora.lora_alpha)
-    st.session_state[f"{prefix}use_rslora"] = config.lora.use_rslora
-    st.session_state[f"{prefix}targets"] = list(config.lora.target_modules)
-    st.session_state[f"{prefix}lr"] = f"{config.train.lr:g}"
-    st.session_state[f"{prefix}epochs"] = config.train.epochs
-    st.session_state[f"{prefix}batch_size"] = config.train.batch_size
-    st.session_state[f"{prefix}seed"] = config.train.seed
-    st.session_state[f"{prefix}quant_modules"] = config.quant.modules
-    st.session_state[f"{prefix}base"] = config.base
-    st.session_state[f"{prefix}block_size"] = config.quant.block_size
-    st.session_state[f"{prefix}double_quant"] = config.quant.double_quant
+    st.session_state.update(config_widget_values(config, prefix))
 
 
 def run_config_controls(prefix: str = "train_", disabled: bool = False) -> tuple[RunConfig | None, str | None]:
     """Draw the controls and return (config, None) when the settings are valid, else (None, error message)."""
-    d, dl, dt = RunConfig(), LoRAConfig(), TrainConfig()
+    # Defaults go into session state, never into the widgets: a widget given a default whose key a loaded run
+    # already set makes Streamlit warn, and the value from session state wins anyway.
+    for key, value in config_widget_values(RunConfig(), prefix).items():
+        st.session_state.setdefault(key, value)
     keep = "session"  # controls keep their values across page switches
-    method = st.selectbox("Method", list(METHODS), format_func=METHOD_LABELS.get, index=list(METHODS).index(d.method),
+    method = st.selectbox("Method", list(METHODS), format_func=METHOD_LABELS.get,
                           key=f"{prefix}method", disabled=disabled, persist_state=keep,
                           help="Full finetune trains every weight; LoRA freezes the base and trains low-rank "
                                "adapters; QLoRA also stores the frozen base quantized.")
-    task = st.selectbox("Task", list(TASKS), index=list(TASKS).index(d.task), key=f"{prefix}task",
+    task = st.selectbox("Task", list(TASKS), key=f"{prefix}task",
                         disabled=disabled, persist_state=keep, help="The rule that labels each 24-token sequence.")
     st.caption(TASKS[task].rule)
-    base = st.selectbox("Base", list(BASES), index=BASES.index(d.base), key=f"{prefix}base", disabled=disabled,
+    base = st.selectbox("Base", list(BASES), key=f"{prefix}base", disabled=disabled,
                         persist_state=keep, help="The frozen starting weights: the seed's random initialisation, or "
                                                  "a model fully finetuned on one task (trained once, then cached).")
     if not is_cached(base):
@@ -76,56 +95,57 @@ def run_config_controls(prefix: str = "train_", disabled: bool = False) -> tuple
 
     uses_lora = method != "full"
     col_r, col_alpha = st.columns(2)
-    # No min_value or max_value on these boxes: Streamlit keeps the last valid value when a typed one is out of
-    # range, so a bad value would train silently. RunConfig.validate names it and its range instead.
-    r = col_r.number_input("r (rank)", value=dl.r, step=1, key=f"{prefix}r",
-                           disabled=disabled or not uses_lora, persist_state=keep,
-                           help="Rank of the update B @ A, from 1 to 64.")
-    lora_alpha = col_alpha.number_input("lora_alpha", value=float(dl.lora_alpha),
-                                        step=1.0, key=f"{prefix}lora_alpha", disabled=disabled or not uses_lora,
-                                        persist_state=keep, help="The update is scaled by lora_alpha / r, or by "
-                                                                 "lora_alpha / sqrt(r) with rsLoRA.")
-    use_rslora = st.checkbox("rsLoRA scaling: lora_alpha / sqrt(r)", value=dl.use_rslora, key=f"{prefix}use_rslora",
+    # Whole numbers are typed as text. A number box keeps its last valid value when a typed one is out of its
+    # range, or too large for the browser (20 digits), so a bad value would train silently. The parsers and
+    # RunConfig.validate name it instead.
+    r_text = col_r.text_input("r (rank)", key=f"{prefix}r", disabled=disabled or not uses_lora, persist_state=keep,
+                              help=f"Rank of the update B @ A, from 1 to {MAX_R}.")
+    lora_alpha = col_alpha.number_input("lora_alpha", step=1.0, key=f"{prefix}lora_alpha",
+                                        disabled=disabled or not uses_lora, persist_state=keep,
+                                        help="The update is scaled by lora_alpha / r, or by lora_alpha / sqrt(r) "
+                                             "with rsLoRA.")
+    use_rslora = st.checkbox("rsLoRA scaling: lora_alpha / sqrt(r)", key=f"{prefix}use_rslora",
                              disabled=disabled or not uses_lora, persist_state=keep,
                              help="Rank-stabilized LoRA (Kalajdzievski 2023) scales the update by lora_alpha / "
                                   "sqrt(r) instead of lora_alpha / r, so large ranks still learn at a useful speed.")
-    targets = st.multiselect("Target modules", list(TARGETABLE), default=list(dl.target_modules),
+    targets = st.multiselect("Target modules", list(TARGETABLE),
                              key=f"{prefix}targets", disabled=disabled or not uses_lora, persist_state=keep,
                              help="The linear layers in every block that get an adapter: qkv (64 -> 192), "
                                   "proj (64 -> 64), fc1 (64 -> 256), fc2 (256 -> 64).")
+    d = RunConfig()
     quant_modules, block_size, double_quant = d.quant.modules, d.quant.block_size, d.quant.double_quant
     if METHODS[method] is not None:
         quant_modules = st.selectbox("Quantize", list(QUANT_MODULE_LABELS), format_func=QUANT_MODULE_LABELS.get,
                                      key=f"{prefix}quant_modules", disabled=disabled, persist_state=keep,
                                      help="Which frozen linears the QLoRA base stores quantized.")
     if METHODS[method] == "nf4":
-        col_block, col_double = st.columns(2)
-        block_size = col_block.selectbox("NF4 block size", BLOCK_SIZES, index=BLOCK_SIZES.index(block_size),
-                                         key=f"{prefix}block_size", disabled=disabled, persist_state=keep,
-                                         help="Weights that share one absmax scale.")
-        double_quant = col_double.checkbox("Double quantization", value=double_quant, key=f"{prefix}double_quant",
-                                           disabled=disabled, persist_state=keep,
-                                           help="Store the per-block absmax values as 8-bit codes too.")
+        block_size = st.selectbox("NF4 block size", BLOCK_SIZES, key=f"{prefix}block_size", disabled=disabled,
+                                  persist_state=keep, help="Weights that share one absmax scale.")
+        double_quant = st.checkbox("Double quantization", key=f"{prefix}double_quant",
+                                   disabled=disabled, persist_state=keep,
+                                   help="Store the per-block absmax values as 8-bit codes too.")
 
-    lr_text = st.text_input("Learning rate", value=f"{dt.lr:g}", key=f"{prefix}lr", disabled=disabled,
+    lr_text = st.text_input("Learning rate", key=f"{prefix}lr", disabled=disabled,
                             persist_state=keep, help="AdamW learning rate, e.g. 5e-3.")
     col_epochs, col_batch, col_seed = st.columns(3)
-    epochs = col_epochs.number_input("Epochs", value=dt.epochs, step=1,
-                                     key=f"{prefix}epochs", disabled=disabled, persist_state=keep)
-    batch_size = col_batch.number_input("Batch size", value=dt.batch_size, step=1,
-                                        key=f"{prefix}batch_size", disabled=disabled, persist_state=keep)
-    seed = col_seed.number_input("Seed", value=dt.seed, step=1,
-                                 key=f"{prefix}seed", disabled=disabled, persist_state=keep,
-                                 help="Fixes model and adapter initialisation and the batch order.")
+    epochs_text = col_epochs.text_input("Epochs", key=f"{prefix}epochs", disabled=disabled, persist_state=keep,
+                                        help=f"Passes over the training examples, from 1 to {MAX_EPOCHS}.")
+    batch_text = col_batch.text_input("Batch size", key=f"{prefix}batch_size", disabled=disabled,
+                                      persist_state=keep, help=f"Examples per step, from 1 to {MAX_BATCH_SIZE}.")
+    seed_text = col_seed.text_input("Seed", key=f"{prefix}seed", disabled=disabled, persist_state=keep,
+                                    help="Fixes model and adapter initialisation and the batch order.")
     try:
         config = RunConfig(
             method=method,
             task=task,
             base=base,
-            lora=LoRAConfig(r=int(r), lora_alpha=float(lora_alpha), target_modules=tuple(targets),
+            lora=LoRAConfig(r=parse_whole_number(r_text, "r", d.lora.r) if uses_lora else d.lora.r,
+                            lora_alpha=float(lora_alpha), target_modules=tuple(targets),
                             use_rslora=bool(use_rslora)),
-            train=TrainConfig(lr=parse_learning_rate(lr_text), epochs=int(epochs), batch_size=int(batch_size),
-                              seed=int(seed)),
+            train=TrainConfig(lr=parse_learning_rate(lr_text),
+                              epochs=parse_whole_number(epochs_text, "epochs", d.train.epochs),
+                              batch_size=parse_whole_number(batch_text, "batch size", d.train.batch_size),
+                              seed=parse_whole_number(seed_text, "seed", d.train.seed)),
             quant=QuantOptions(modules=quant_modules, block_size=int(block_size), double_quant=bool(double_quant)),
         )
         return config.validate(), None

@@ -18,7 +18,7 @@ from tinylora.weights import ADAPTER_DIR
 
 from .adapters_view import SET_KEY
 from .charts import COLORS, overlay_chart
-from .controls import request_train_load
+from .controls import parse_whole_number, request_train_load
 
 TRAIN_PAGE = "pages/train.py"
 ADAPTERS_PAGE = "pages/adapters.py"
@@ -271,17 +271,19 @@ def upload_form(store: RunStore, owner: str) -> None:
              "Safetensors only: pickled .bin or .pt files are never loaded.")
     task = st.selectbox("Evaluate on task", list(TASKS), key="runs_upload_task",
                         help="The adapter's accuracy is measured on this task's 512 validation examples.")
-    method = st.selectbox("Base", list(LORA_METHODS), format_func=METHOD_LABELS.get, key="runs_upload_method",
-                          help="The frozen base the adapter was trained on: float32 (LoRA) or quantized (QLoRA).")
-    seed = st.number_input("Base seed", min_value=0, max_value=2**31 - 1, value=None, step=1, key="runs_upload_seed",
-                           placeholder="from the adapter",
-                           help="The seed of the random base. Empty: the seed recorded in the adapter's "
-                                "base_model_name_or_path, or 0.")
+    method = st.selectbox("Base storage", list(LORA_METHODS), format_func=METHOD_LABELS.get,
+                          key="runs_upload_method",
+                          help="How the frozen base the adapter was trained on is stored: float32 (LoRA) or "
+                               "quantized (QLoRA).")
+    # Text, not a number box: a number box with bounds keeps its last valid value when a typed one is out of range.
+    seed_text = st.text_input("Base seed", key="runs_upload_seed", placeholder="from the adapter",
+                              help="The seed of the random base. Empty: the seed recorded in the adapter's "
+                                   "base_model_name_or_path, or 0.")
     if st.button("Upload and evaluate", key="runs_upload_button", disabled=not files, icon=":material/upload:"):
         try:
+            seed = parse_whole_number(seed_text, "base seed", 0) if seed_text.strip() else None
             run_id = store_upload(store, {f.name: f.getvalue() for f in files},
-                                  UploadSettings(task=task, method=method, seed=None if seed is None else int(seed)),
-                                  owner=owner)
+                                  UploadSettings(task=task, method=method, seed=seed), owner=owner)
         except (ValueError, StoreError, OSError) as error:
             st.error(f"Upload rejected, nothing was stored: {error}", icon=":material/error:")
             return
