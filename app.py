@@ -1,10 +1,14 @@
 """tinylora: see LoRA and QLoRA learn, live, on a laptop CPU. Run with `streamlit run app.py`."""
 
+from pathlib import Path
+
 import streamlit as st
 
 from tinylora.store import StoreError
 
-st.set_page_config(page_title="tinylora", page_icon=":material/model_training:", layout="wide")
+# A local image: a Material icon as page icon makes the browser fetch it from fonts.gstatic.com.
+ICON = Path(__file__).parent / "assets" / "favicon.png"
+st.set_page_config(page_title="tinylora", page_icon=str(ICON), layout="wide")
 
 pages = [
     st.Page("pages/train.py", title="Train", icon=":material/play_circle:", default=True),

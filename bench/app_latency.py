@@ -139,6 +139,7 @@ def main() -> int:
         "command": "python bench/app_latency.py " + " ".join(sys.argv[1:]),
         "load_average_at_end": os.getloadavg(),
         "threads_per_run": jobs.threads_per_run(),
+        "step_processes_per_run": jobs.step_processes_per_run(),
         "first_point_seconds": [b["first_point_seconds"] for b in browser],
         "first_point_median": statistics.median(b["first_point_seconds"] for b in browser
                                                 if b["first_point_seconds"] is not None),

@@ -325,8 +325,13 @@ def format_value(name: str, value: Any) -> str:
     return str(value)
 
 
+# Names that a point's description uses for axes whose own names read badly there ("use_rslora=standard").
+DESCRIBED_AS = {"use_rslora": "scaling"}
+
+
 def describe_point(point: dict[str, Any]) -> str:
-    return ", ".join(f"{name}={format_value(name, value)}" for name, value in point.items()) or "(base settings)"
+    return ", ".join(f"{DESCRIBED_AS.get(name, name)}={format_value(name, value)}"
+                     for name, value in point.items()) or "(base settings)"
 
 
 # Points

@@ -326,15 +326,19 @@ def sweep_parallel_coordinates(columns: list[tuple[str, list]], accuracies: list
     dimensions = []
     for title, values, numeric in columns:
         if numeric:
-            dimensions.append(dict(label=title, values=values))
+            # Ticks at the values the runs took (a grid has a few), not at Plotly's round numbers between them.
+            distinct = sorted(set(values))
+            ticks = dict(tickvals=distinct, ticktext=[f"{v:,g}" for v in distinct]) if len(distinct) <= 12 else {}
+            dimensions.append(dict(label=title, values=values, **ticks))
         else:
             categories = list(dict.fromkeys(str(v) for v in values))  # in order of first appearance
             dimensions.append(dict(label=title, values=[categories.index(str(v)) for v in values],
                                    tickvals=list(range(len(categories))), ticktext=categories))
     dimensions.append(dict(label="val accuracy", values=accuracies, range=[min([0.5, *accuracies]), 1.0]))
-    fig = go.Figure(go.Parcoords(dimensions=dimensions, line=dict(color=accuracies, colorscale="Viridis",
-                                                                  showscale=True, cmin=min([0.5, *accuracies]),
-                                                                  cmax=1.0)))
+    # The range labels at each axis's ends repeat or crowd the tick labels, so they are hidden.
+    fig = go.Figure(go.Parcoords(dimensions=dimensions, rangefont=dict(size=1, color="rgba(0,0,0,0)"),
+                                 line=dict(color=accuracies, colorscale="Viridis", showscale=True,
+                                           cmin=min([0.5, *accuracies]), cmax=1.0)))
     fig.update_layout(title=dict(text="Every finished run", x=0, y=0.98, yanchor="top", font=dict(size=15)),
                       height=400, margin=dict(l=60, r=40, t=90, b=30), uirevision="keep")
     return fig
@@ -361,6 +365,12 @@ def accuracy_params_chart(accuracy, trainable) -> go.Figure:
                                  hovertemplate="r %{x}<br>%{y:,} trainable<extra>%{fullData.name}</extra>"))
     fig = _layout(fig, "Accuracy and trainable parameters against r", "r", "mean final validation accuracy",
                   height=380)
+    # The accuracy axis covers every error bar.
+    spreads = accuracy["acc_std"].astype("float64").fillna(0.0)
+    if len(accuracy):
+        low = float((accuracy["acc_mean"] - spreads).min())
+        high = float((accuracy["acc_mean"] + spreads).max())
+        fig.update_yaxes(range=[max(0.0, low - 0.03), min(1.0, high) + 0.03])
     r_values = sorted(set(accuracy["r"]) | set(trainable["r"]))
     fig.update_xaxes(type="log", tickvals=r_values, ticktext=[str(r) for r in r_values])
     fig.update_layout(hovermode="closest", legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0),
@@ -395,15 +405,19 @@ def mix_chart(weights: list[float], acc: dict[str, list[float]], weight: float, 
               name_b: str) -> go.Figure:
     """Plot each task's accuracy of the mix (1 - w) * `name_a` + w * `name_b` against w, marking w = `weight`."""
     fig = go.Figure()
+    nearest = min(range(len(weights)), key=lambda j: abs(weights[j] - weight))
+    # The highest value at the marked weight is labelled above its dot and the others below theirs, so that two
+    # close values do not print over each other.
+    highest = max(acc, key=lambda task: acc[task][nearest]) if acc else None
     for i, (task, values) in enumerate(acc.items()):
         color = COLORS[i % len(COLORS)]
         fig.add_trace(go.Scatter(x=weights, y=values, mode="lines+markers", name=f"on {task}",
                                  line=dict(color=color, width=2), marker=dict(size=6),
                                  hovertemplate="w %{x:.2f}: accuracy %{y:.3f}<extra>on " + task + "</extra>"))
-        nearest = min(range(len(weights)), key=lambda j: abs(weights[j] - weight))
         fig.add_trace(go.Scatter(x=[weights[nearest]], y=[values[nearest]], mode="markers+text", showlegend=False,
                                  marker=dict(color=color, size=13, line=dict(color="white", width=2)),
-                                 text=[f"{values[nearest]:.3f}"], textposition="top right",
+                                 text=[f"{values[nearest]:.3f}"],
+                                 textposition="top right" if task == highest else "bottom right",
                                  textfont=dict(color=color, size=13), hoverinfo="skip"))
     fig.add_vline(x=weight, line=dict(color="#555", dash="dash", width=1))
     fig.add_hline(y=0.5, line=dict(color="#999", dash="dot", width=1), annotation_text="chance",

@@ -92,11 +92,13 @@ def results_tables(runs: pd.DataFrame, points: pd.DataFrame, record: SweepRecord
         view = points.drop(columns=["acc_min", "acc_max", "seeds_done", *shared]).copy()
         for axis in varying:
             view[axis] = view[axis].map(lambda v, axis=axis: label(axis, v))
+        # A point with one finished seed has no spread: shown as a dash, as the Runs table shows a missing number.
+        view["acc_std"] = view["acc_std"].map(lambda v: "–" if pd.isna(v) else f"{v:.3f}")
         if shared:
             st.caption(f"Every point shares {fixed_settings(runs, record, varying)}.")
         st.dataframe(view, key=f"{key}-points", hide_index=True, column_config={
             "acc_mean": number("mean acc", format="%.3f", help="mean final validation accuracy over finished seeds"),
-            "acc_std": number("std", format="%.3f", help="sample standard deviation over seeds"),
+            "acc_std": st.column_config.TextColumn("std", help="sample standard deviation over seeds"),
             "seeds_finished": number("seeds done"), "trainable": number("trainable", format="localized"),
             "seconds_mean": number("seconds", format="%.1f"), "best_run_id": "best run"})
     with runs_tab:
