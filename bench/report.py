@@ -128,7 +128,8 @@ def render(results: dict) -> str:
                   "Final validation accuracy of the default configuration per seed. `same log` counts the seeds "
                   "whose eight per-epoch accuracies equal those of `fast=off` at three decimals. A row `off, N "
                   "threads` is the eager path at another thread count: the reference's own arithmetic with only "
-                  "the order of some float sums changed.", "",
+                  "the order of some float sums changed. The row `fused, 2 processes` splits each step over two "
+                  "processes, as a worker with one thread does for a run outside a group.", "",
                   "| method | fast | accuracy per seed | mean | same log as off |", "|---|---|---|---|---|"]
         for method, by_mode in results["accuracy"].items():
             off = by_mode.get("off")
@@ -195,8 +196,8 @@ def _two_cores(two_cores: dict, options: dict) -> list[str]:
     """Return the table of tinylora in one and in two processes against the reference at 1 and 2 threads."""
     references = ["reference, 1 thread", "reference, 2 threads"]
     lines = ["### Two cores: a step split over two processes", "",
-             f"Default configuration per method, {options['epochs']} epochs, {options['reps']} interleaved "
-             "repetitions. On a 2-core machine a worker has one thread, and a run outside a group splits each step "
+             f"Default configuration per method, {options['epochs']} epochs, {options['reps']} repetitions in "
+             "which each contender trains a whole run in turn. On a 2-core machine a worker has one thread, and a run outside a group splits each step "
              "over two processes of one thread each (`tinylora.split_step`), so both cores train it: that is the "
              "default path of a run started on the Train page. The reference runs at 1 and at 2 threads; `met` "
              "marks a median step speed-up at or above the target against the faster of the two.", "",

@@ -58,11 +58,16 @@ def draw_runs() -> None:
     if not selected:
         st.caption("Select one or more rows to overlay their curves and act on them.")
         return
-    smoothing = st.slider("Smoothing", min_value=0.0, max_value=0.99, value=0.6, step=0.01, key="runs_smoothing",
-                          persist_state="session",
-                          help="Smooths the training loss with a debiased exponential moving average, as "
-                               "TensorBoard does; 0 shows the raw values. Validation accuracy is never smoothed.")
-    compare_charts(store, selected, smoothing)
+    col_smoothing, col_axis = st.columns([3, 1])
+    smoothing = col_smoothing.slider(
+        "Smoothing", min_value=0.0, max_value=0.99, value=0.6, step=0.01, key="runs_smoothing",
+        persist_state="session", help="Smooths the training loss with a debiased exponential moving average, as "
+                                      "TensorBoard does; 0 shows the raw values. Validation accuracy is never smoothed.")
+    loss_axis = col_axis.radio("Loss against", ["step", "epoch"], key="runs_loss_axis", horizontal=True,
+                               persist_state="session",
+                               help="Epochs line up runs with different batch sizes, whose steps cover different "
+                                    "numbers of examples.")
+    compare_charts(store, selected, smoothing, loss_axis)
     selection_actions(store, selected)
     run_actions(store, selected)
 

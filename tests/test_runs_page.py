@@ -97,6 +97,17 @@ def test_selection_overlays_both_runs_curves(two_runs):
     assert len(accs) == 2
 
 
+def test_loss_against_epoch_scales_steps(two_runs):
+    at = select(runs_page(), list(two_runs))
+    at.radio(key="runs_loss_axis").set_value("epoch").run()
+    assert not at.exception
+    chart = next(json.loads(c.proto.spec) for c in at.get("plotly_chart")
+                 if json.loads(c.proto.spec)["layout"]["title"]["text"] == "Training loss")
+    # 8 steps over 2 epochs: a step is a quarter of an epoch
+    assert {tuple(trace["x"]) for trace in chart["data"]} == {(0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)}
+    assert chart["layout"]["xaxis"]["title"]["text"] == "epoch"
+
+
 def add_experiment(store: RunStore, kind: str, config: dict, sections: list[str]) -> str:
     """Store a finished run of an experiment `kind` whose steps restart at 1 for each of `sections`."""
     run_id = store.create_run(kind, config)

@@ -107,8 +107,11 @@ def experiment_note(runs: list[Run]) -> str | None:
             f"See {where}.")
 
 
-def compare_charts(store: RunStore, runs: list[Run], smoothing: float) -> None:
+def compare_charts(store: RunStore, runs: list[Run], smoothing: float, loss_axis: str = "step") -> None:
     """Overlay the loss and accuracy curves of `runs`; the loss is smoothed with weight `smoothing` (0: raw).
+
+    `loss_axis` is "step" or "epoch": the loss's x axis. A step's epoch is its share of the run's steps times
+    the run's epochs, so runs with different batch sizes line up.
 
     Runs of the `EXPERIMENT_PAGES` kinds are left out, with a note naming them and the page to view them on.
     Validation accuracy is not smoothed: each point is already an evaluation of 512 examples, a run has only
@@ -134,13 +137,16 @@ def compare_charts(store: RunStore, runs: list[Run], smoothing: float) -> None:
         cache[run.id] = progress
         label = run_label(run)
         if progress.steps:
-            losses[label] = (progress.steps, progress.losses,
-                             smooth(progress.losses, smoothing) if smoothing > 0 else None)
+            x = progress.steps
+            epochs = (run.config.get("train") or {}).get("epochs")
+            if loss_axis == "epoch" and progress.steps_total and epochs:
+                x = [step * epochs / progress.steps_total for step in progress.steps]
+            losses[label] = (x, progress.losses, smooth(progress.losses, smoothing) if smoothing > 0 else None)
         if progress.eval_accs:
             accuracies[label] = (progress.eval_epochs, progress.eval_accs, None)
     left, right = st.columns(2)
     if losses:
-        left.plotly_chart(overlay_chart(losses, "Training loss", "step", "cross-entropy loss", colors=colors),
+        left.plotly_chart(overlay_chart(losses, "Training loss", loss_axis, "cross-entropy loss", colors=colors),
                           key="runs_loss", config={"displayModeBar": False})
     else:
         left.info("No training loss to show: uploaded adapters are evaluated, not trained, and queued runs have "
