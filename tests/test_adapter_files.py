@@ -14,9 +14,11 @@ import torch
 
 from tinylora import atomic
 from tinylora.adapter_files import (
-    CONFIG_NAME, MAX_UPLOAD_BYTES, WEIGHTS_NAME, AdapterFileError, adapter_file_bytes, adapter_from_model,
-    load_adapter, load_full_state, read_adapter, read_adapter_upload, read_adapter_zip, save_adapter,
-    save_full_state, validate_adapter, write_adapter, zip_adapter,
+    CONFIG_NAME, MAX_UPLOAD_BYTES, WEIGHTS_NAME, AdapterFileError, read_adapter, read_adapter_upload, read_adapter_zip,
+)
+from tinylora.adapter_loading import load_adapter, load_full_state, validate_adapter
+from tinylora.adapter_writing import (
+    adapter_file_bytes, adapter_from_model, save_adapter, save_full_state, write_adapter, zip_adapter,
 )
 from tinylora.config import RunConfig, TrainConfig
 from tinylora.lora import TARGETABLE, LoRAConfig, lora_layers

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from tinylora.adapter_files import load_adapter
+from tinylora.adapter_loading import load_adapter
 from tinylora.adapters import AdapterModel, load_adapters, save_adapters
 from tinylora.config import TrainConfig
 from tinylora.experiments import cross_evaluate, mix_adapters, predict_each_adapter

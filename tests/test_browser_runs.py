@@ -8,7 +8,7 @@ import pytest
 
 from browser_support import chromium_page, require_chromium, screenshot, streamlit_server, wait_until
 from conftest import stop_runner
-from tinylora.adapter_files import zip_adapter
+from tinylora.adapter_writing import zip_adapter
 from tinylora.store import RunStore
 
 pytestmark = pytest.mark.browser

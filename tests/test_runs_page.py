@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, wait_for
 from run_factory import add_run, run_job
-from tinylora.adapter_files import save_adapter, zip_adapter
+from tinylora.adapter_writing import save_adapter, zip_adapter
 from tinylora.config import RunConfig, TrainConfig
 from tinylora.lora import LoRAConfig
 from tinylora.methods import build_model
@@ -393,7 +393,7 @@ def test_adapter_set_downloads_and_opens(store):
 def test_adapter_set_zip_keeps_its_folders(store):
     import zipfile
 
-    from tinylora.adapter_files import zip_adapter_set
+    from tinylora.adapter_writing import zip_adapter_set
     from tinylora.experiments import ADAPTERS_DIR
 
     set_id = run_job(store, "adapters", {"tasks": ["odd_majority", "first_lt_last"],

@@ -9,7 +9,8 @@ import torch
 
 from conftest import wait_for
 from tinylora.adapter_files import (CONFIG_NAME, MAX_UPLOAD_BYTES, WEIGHTS_NAME, Adapter, AdapterFileError,
-                                    adapter_file_bytes, read_adapter, save_adapter, zip_adapter)
+                                    read_adapter)
+from tinylora.adapter_writing import adapter_file_bytes, save_adapter, zip_adapter
 from tinylora.config import RunConfig, TrainConfig
 from tinylora.training import prepare_run
 from tinylora.uploads import UploadSettings, base_seed_from_name, check_upload, store_upload

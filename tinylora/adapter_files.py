@@ -1,4 +1,4 @@
-"""LoRA adapters as files in the Hugging Face PEFT layout, and the checks that guard reading them.
+"""LoRA adapter files in the Hugging Face PEFT layout, and reading and checking them.
 
 An adapter directory contains the two files PEFT's `save_pretrained` writes for LoRA (the PEFT checkpoint
 format, https://huggingface.co/docs/peft/developer_guides/checkpoint; the key names below are those peft 0.21.2
@@ -12,10 +12,11 @@ writes for a TinyClassifier):
   part of a key.
 
 So `peft.PeftModel.from_pretrained(TinyClassifier(), directory)` rebuilds a tinylora-trained model on the same
-seeded base. Reading accepts only safetensors, never pickle, and checks sizes, JSON, PEFT options, key names,
-shapes and finiteness before any model is touched: every problem raises `AdapterFileError` (a `ValueError`)
-naming the file, the value and the fix. Fully fine-tuned models are saved as one safetensors file of their
-`state_dict`. Every write is atomic (see `tinylora.atomic`).
+seeded base. This module reads an adapter from a directory, a zip archive or an upload into an `Adapter`, and
+checks everything that does not need the base model. Reading accepts only safetensors, never pickle, and checks
+sizes, JSON, PEFT options, dtypes, ranks and finiteness. Every problem raises `AdapterFileError` (a
+`ValueError`) naming the file, the value and the fix. `tinylora.adapter_writing` writes adapters, and
+`tinylora.adapter_loading` checks an adapter against a base model and loads it.
 """
 
 import io
@@ -30,12 +31,9 @@ from typing import Any
 
 import safetensors.torch
 import torch
-import torch.nn as nn
 from safetensors import SafetensorError
 
-from .atomic import write_directory_atomic, write_file_atomic
-from .lora import DEFAULT_ADAPTER, TARGETABLE, LoRAConfig, LoRALinear, inject_lora, lora_layers
-from .quant import QuantizedLinear
+from .lora import TARGETABLE, LoRAConfig
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -88,144 +86,6 @@ class Adapter:
     tensors: dict[str, torch.Tensor] = field(repr=False)
     modules_to_save: tuple[str, ...] = (HEAD,)  # () when the adapter carries no classifier head
     base_model_name_or_path: str | None = None
-
-
-# Writing
-
-
-def peft_config_dict(config: LoRAConfig, modules_to_save: tuple[str, ...] = (HEAD,),
-                     base_model_name_or_path: str | None = None) -> dict[str, Any]:
-    """Return the `adapter_config.json` contents PEFT's LoraConfig reads for `config`.
-
-    `task_type` is None because TinyClassifier is a plain module: PEFT's task-specific wrappers
-    (SEQ_CLS and others) expect a transformers model and its keyword arguments.
-    """
-    return {
-        "peft_type": "LORA",
-        "task_type": None,
-        "auto_mapping": {"base_model_class": "TinyClassifier", "parent_library": "tinylora.model"},
-        "base_model_name_or_path": base_model_name_or_path,
-        "revision": None,
-        "inference_mode": True,
-        "r": config.r,
-        "lora_alpha": config.lora_alpha,
-        "lora_dropout": config.lora_dropout,
-        "target_modules": list(config.target_modules),
-        "bias": "none",
-        "use_rslora": config.use_rslora,
-        "modules_to_save": list(modules_to_save) or None,
-        "init_lora_weights": True,
-        "fan_in_fan_out": False,
-        "use_dora": False,
-        "layers_to_transform": None,
-        "layers_pattern": None,
-        "rank_pattern": {},
-        "alpha_pattern": {},
-    }
-
-
-def adapter_from_model(model: nn.Module, config: LoRAConfig, adapter_name: str = DEFAULT_ADAPTER,
-                       base_model_name_or_path: str | None = None) -> Adapter:
-    """Collect adapter `adapter_name` and the classifier head of `model` under PEFT's key names.
-
-    Raises ValueError when the model's LoRA layers disagree with `config` (targets, r, lora_alpha or scaling),
-    since the written config would then describe a different adapter from the written weights.
-    """
-    layers = [(path, layer) for path, layer in lora_layers(model) if adapter_name in layer.lora_A]
-    if not layers:
-        raise ValueError(f"the model has no LoRA adapter named {adapter_name!r}; inject_lora() adds one")
-    found_targets = set()
-    tensors = {}
-    for path, layer in layers:
-        target = path.rsplit(".", 1)[-1]
-        if target not in config.target_modules:
-            raise ValueError(f"{path} carries adapter {adapter_name!r} but {target!r} is not in target_modules "
-                             f"{list(config.target_modules)}; pass the LoRAConfig the model was built with")
-        mismatches = [f"{name} {got} (config {want})" for name, got, want in [
-            ("r", layer.r[adapter_name], config.r),
-            ("lora_alpha", layer.lora_alpha[adapter_name], config.lora_alpha),
-            ("scaling", layer.scaling[adapter_name], config.scaling),
-        ] if not math.isclose(got, want, rel_tol=1e-9)]
-        if mismatches:
-            raise ValueError(f"{path} adapter {adapter_name!r} has {', '.join(mismatches)}; pass the LoRAConfig "
-                             f"the model was built with")
-        found_targets.add(target)
-        tensors[f"{KEY_PREFIX}{path}.lora_A.weight"] = layer.lora_A[adapter_name].weight
-        tensors[f"{KEY_PREFIX}{path}.lora_B.weight"] = layer.lora_B[adapter_name].weight
-    missing = [t for t in config.target_modules if t not in found_targets]
-    if missing:
-        raise ValueError(f"target_modules {missing} have no LoRA layer with adapter {adapter_name!r} in the model; "
-                         f"pass the LoRAConfig the model was built with")
-
-    head = getattr(model, HEAD)
-    tensors[f"{KEY_PREFIX}{HEAD}.weight"] = head.weight
-    if head.bias is not None:
-        tensors[f"{KEY_PREFIX}{HEAD}.bias"] = head.bias
-    tensors = {key: t.detach().cpu().contiguous().clone() for key, t in tensors.items()}
-    return Adapter(config, tensors, (HEAD,), base_model_name_or_path)
-
-
-def adapter_file_bytes(adapter: Adapter) -> dict[str, bytes]:
-    """Serialise `adapter` to {file name: contents}; raise ValueError naming any non-finite tensor."""
-    _check_finite(adapter.tensors, "the adapter", "it comes from a diverged run, so train again with a lower "
-                  "learning rate", error=ValueError)
-    config = peft_config_dict(adapter.config, adapter.modules_to_save, adapter.base_model_name_or_path)
-    return {
-        CONFIG_NAME: (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
-        # PEFT writes the same {"format": "pt"} metadata.
-        WEIGHTS_NAME: safetensors.torch.save(adapter.tensors, metadata={"format": "pt"}),
-    }
-
-
-def write_adapter(adapter: Adapter, directory: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write `adapter` as a PEFT adapter directory in one atomic rename; return the directory."""
-    return write_directory_atomic(directory, adapter_file_bytes(adapter), overwrite=overwrite)
-
-
-def save_adapter(model: nn.Module, directory: str | os.PathLike, config: LoRAConfig,
-                 adapter_name: str = DEFAULT_ADAPTER, base_model_name_or_path: str | None = None,
-                 overwrite: bool = False) -> Path:
-    """Save adapter `adapter_name` of `model` and its classifier head as a PEFT adapter directory."""
-    adapter = adapter_from_model(model, config, adapter_name, base_model_name_or_path)
-    return write_adapter(adapter, directory, overwrite=overwrite)
-
-
-def zip_adapter(directory: str | os.PathLike) -> bytes:
-    """Return a zip archive of the adapter in `directory`, with both files at the archive root.
-
-    The directory is read and checked first, so a corrupt adapter raises AdapterFileError instead of being
-    offered for download. The member timestamps are fixed, so the same adapter always zips to the same bytes.
-    """
-    directory = Path(directory)
-    read_adapter(directory)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, (directory / name).read_bytes())
-    return buffer.getvalue()
-
-
-def zip_adapter_set(directory: str | os.PathLike) -> bytes:
-    """Return a zip archive of an adapter set saved by `tinylora.adapters.save_adapters`, folders kept.
-
-    Each adapter folder is read and checked first, as `zip_adapter` does for one adapter, and the member
-    timestamps are fixed, so the same set always zips to the same bytes.
-    """
-    directory = Path(directory)
-    folders = sorted(path for path in directory.iterdir() if path.is_dir())
-    if not folders:
-        raise AdapterFileError(f"{directory} contains no adapter folders")
-    for folder in folders:
-        read_adapter(folder)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-            info = zipfile.ZipInfo(path.relative_to(directory).as_posix(), date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, path.read_bytes())
-    return buffer.getvalue()
 
 
 # Reading
@@ -334,136 +194,6 @@ def read_adapter_upload(files: Mapping[str, bytes], max_bytes: int = MAX_UPLOAD_
         raise AdapterFileError(f"upload either one zip archive or exactly two files, {CONFIG_NAME} and "
                                f"{WEIGHTS_NAME}; got {sorted(files)}")
     return parse_adapter(files[configs[0]], files[weights[0]], max_bytes)
-
-
-# Checking against a base model and loading
-
-
-def validate_adapter(adapter: Adapter, model: nn.Module) -> None:
-    """Check that `adapter` fits `model`: every key present, none extra, every shape right, r in range.
-
-    `model` is the base the adapter will be loaded onto: a TinyClassifier with float, quantized or
-    LoRA-wrapped linears. Raises AdapterFileError naming the first problem; changes nothing.
-    """
-    expected = expected_shapes(model, adapter.config, adapter.modules_to_save)
-    missing = sorted(set(expected) - set(adapter.tensors))
-    if missing:
-        raise AdapterFileError(f"{WEIGHTS_NAME} is missing {len(missing)} tensor(s) that {CONFIG_NAME} implies, "
-                               f"for example {missing[:3]}; the file is incomplete or its target_modules differ "
-                               f"from the config, so re-save the adapter")
-    extra = sorted(set(adapter.tensors) - set(expected))
-    if extra:
-        raise AdapterFileError(f"{WEIGHTS_NAME} has {len(extra)} tensor(s) that this base model has no place for, "
-                               f"for example {extra[:3]}; it was trained on another model or with other "
-                               f"target_modules or modules_to_save than {CONFIG_NAME} lists")
-    for key, shape in expected.items():
-        got = tuple(adapter.tensors[key].shape)
-        if got != shape:
-            raise AdapterFileError(f"tensor {key} has shape {got} but this base model needs {shape}; the adapter "
-                                   f"was trained on a model of another size (check d_model and n_classes)")
-
-
-def expected_shapes(model: nn.Module, config: LoRAConfig,
-                    modules_to_save: tuple[str, ...] = (HEAD,)) -> dict[str, tuple[int, ...]]:
-    """Return {PEFT key: shape} of every tensor an adapter with `config` needs on `model`."""
-    shapes = {}
-    for target in config.target_modules:
-        paths = [(path, module) for path, module in model.named_modules()
-                 if path.rsplit(".", 1)[-1] == target and isinstance(module, (nn.Linear, QuantizedLinear, LoRALinear))]
-        if not paths:
-            raise AdapterFileError(f"target module {target!r} in {CONFIG_NAME} matches no linear layer of the base "
-                                   f"model; choose from {', '.join(TARGETABLE)}")
-        for path, module in paths:
-            max_r = min(module.in_features, module.out_features)
-            if config.r > max_r:
-                raise AdapterFileError(f"r={config.r} in {CONFIG_NAME} is larger than {path} allows "
-                                       f"({module.in_features} -> {module.out_features}, so r <= {max_r}); the "
-                                       f"adapter was trained on a larger model")
-            shapes[f"{KEY_PREFIX}{path}.lora_A.weight"] = (config.r, module.in_features)
-            shapes[f"{KEY_PREFIX}{path}.lora_B.weight"] = (module.out_features, config.r)
-    for name in modules_to_save:
-        for key, tensor in getattr(model, name).state_dict().items():
-            shapes[f"{KEY_PREFIX}{name}.{key}"] = tuple(tensor.shape)
-    return shapes
-
-
-def load_adapter(source: Adapter | str | os.PathLike, model: nn.Module,
-                 adapter_name: str = DEFAULT_ADAPTER) -> nn.Module:
-    """Load an adapter (an `Adapter` or a directory) onto `model` as `adapter_name` and make it active.
-
-    Everything is checked before the model changes, so on any error the model is left as it was. Loading
-    wraps the targets with `inject_lora`, which also freezes the base and leaves the head trainable. It then
-    copies lora_A, lora_B and the head. Every LoRA layer gets `adapter_name` as its active adapter, or none
-    when the layer is outside the adapter's target_modules. The global random generator is left as it was.
-    NOTE: the head is one module shared by all adapters, so loading replaces the head of earlier adapters.
-    """
-    adapter = source if isinstance(source, Adapter) else read_adapter(source)
-    validate_adapter(adapter, model)
-    for path, layer in lora_layers(model):
-        if layer.merged:
-            raise ValueError(f"{path} has a merged adapter; call unmerge() before loading another adapter")
-        if adapter_name in layer.lora_A:
-            raise ValueError(f"the model already has an adapter named {adapter_name!r} (at {path}); pass another "
-                             f"adapter_name or delete_adapter() it first")
-
-    # The loaded tensors replace A's random initialisation, so keep those draws off the caller's generator.
-    with torch.random.fork_rng(devices=[]):
-        inject_lora(model, adapter.config, adapter_name)
-    model.train(model.training)  # new dropout modules start in training mode, so make them follow the model
-    layers = dict(lora_layers(model))
-    with torch.no_grad():
-        for path, layer in layers.items():
-            if adapter_name in layer.lora_A:
-                layer.lora_A[adapter_name].weight.copy_(adapter.tensors[f"{KEY_PREFIX}{path}.lora_A.weight"])
-                layer.lora_B[adapter_name].weight.copy_(adapter.tensors[f"{KEY_PREFIX}{path}.lora_B.weight"])
-    for name in adapter.modules_to_save:
-        module = getattr(model, name)
-        module.load_state_dict({key: adapter.tensors[f"{KEY_PREFIX}{name}.{key}"] for key in module.state_dict()})
-    for layer in layers.values():
-        layer.set_adapter(adapter_name if adapter_name in layer.lora_A else None)
-    return model
-
-
-# Full-finetune models
-
-
-def save_full_state(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write every parameter and buffer of a fully fine-tuned `model` to one safetensors file, atomically."""
-    tensors = {key: t.detach().cpu().contiguous().clone() for key, t in model.state_dict().items()}
-    _check_finite(tensors, "the model", "it comes from a diverged run, so train again with a lower learning rate",
-                  error=ValueError)
-    return write_file_atomic(path, safetensors.torch.save(tensors, metadata={"format": "pt"}))
-
-
-def load_full_state(path: str | os.PathLike, model: nn.Module) -> nn.Module:
-    """Load a file written by `save_full_state` into `model`, whose keys, shapes and dtypes must all match.
-
-    Raises AdapterFileError naming the problem before `model` changes.
-    """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise AdapterFileError(f"model file {path} does not exist; save the model first or fix the path") from None
-    except OSError as error:
-        raise AdapterFileError(f"cannot read {path} ({error.strerror}); check its permissions") from error
-    tensors = _parse_safetensors(data, path.name)
-    state = model.state_dict()
-    missing = sorted(set(state) - set(tensors))
-    extra = sorted(set(tensors) - set(state))
-    if missing or extra:
-        raise AdapterFileError(f"{path.name} does not match the model: missing {missing[:3]}, unexpected "
-                               f"{extra[:3]}; load it into a model built with the same ModelConfig and method")
-    for key, want in state.items():
-        tensor = tensors[key]
-        if tensor.shape != want.shape or tensor.dtype != want.dtype:
-            raise AdapterFileError(f"tensor {key} in {path.name} is {tensor.dtype} {tuple(tensor.shape)} but the "
-                                   f"model needs {want.dtype} {tuple(want.shape)}; load it into a model built "
-                                   f"with the same ModelConfig")
-    _check_finite({k: t for k, t in tensors.items() if t.is_floating_point()}, path.name,
-                  "the model comes from a diverged run; train it again with a lower learning rate")
-    model.load_state_dict(tensors)
-    return model
 
 
 # Helpers

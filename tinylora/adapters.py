@@ -31,7 +31,8 @@ import safetensors.torch
 import torch
 import torch.nn as nn
 
-from .adapter_files import HEAD, KEY_PREFIX, Adapter, read_adapter, write_adapter
+from .adapter_files import HEAD, KEY_PREFIX, Adapter, read_adapter
+from .adapter_writing import write_adapter
 from .atomic import write_file_atomic
 from .lora import TARGETABLE, LoRAConfig, inject_lora, lora_layers
 from .model import ModelConfig, TinyClassifier

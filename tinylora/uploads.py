@@ -23,7 +23,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .adapter_files import Adapter, load_adapter, read_adapter, read_adapter_upload, validate_adapter, write_adapter
+from .adapter_files import Adapter, read_adapter, read_adapter_upload
+from .adapter_loading import load_adapter, validate_adapter
+from .adapter_writing import write_adapter
 from .config import MAX_SEED, METHODS, RunConfig
 from .jobs import JobContext, ensure_runner, submit
 from .lora import DEFAULT_ADAPTER, lora_layers

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from .adapter_files import FULL_STATE_NAME, save_adapter, save_full_state
+from .adapter_files import FULL_STATE_NAME
+from .adapter_writing import save_adapter, save_full_state
 from .config import RunConfig
 
 ADAPTER_DIR = "adapter"

@@ -5,7 +5,8 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from tinylora.adapter_files import FULL_STATE_NAME, MAX_UPLOAD_BYTES, AdapterFileError, zip_adapter, zip_adapter_set
+from tinylora.adapter_files import FULL_STATE_NAME, MAX_UPLOAD_BYTES, AdapterFileError
+from tinylora.adapter_writing import zip_adapter, zip_adapter_set
 from tinylora.compare import metrics_csv
 from tinylora.config import METHOD_LABELS, RunConfig
 from tinylora.experiments import ADAPTERS_DIR
