@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 from tinylora import jobs  # noqa: E402
 from tinylora.store import RunStore  # noqa: E402
-from tinylora.sweep import SweepSpec, dispatchers, start_sweep  # noqa: E402
+from tinylora.sweep import SweepSpec  # noqa: E402
+from tinylora.sweep_store import dispatchers, start_sweep  # noqa: E402
 
 
 def run_sweep(max_runs: int, points: int, epochs: int) -> tuple[float, dict[int, float], float]:

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from tinylora.store import StoreError
-from tinylora.sweep import dispatchers, list_sweeps, resume_sweep, start_sweep, stop_sweep
+from tinylora.sweep_store import dispatchers, list_sweeps, resume_sweep, start_sweep, stop_sweep
 from tinylora.sweep_results import sweep_progress
 from ui.common import get_store, page_header, session_owner, start_runner
 from ui.sweep_controls import sweep_controls

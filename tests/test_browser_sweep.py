@@ -9,7 +9,8 @@ import pytest
 
 from browser_support import chromium_page, require_chromium, screenshot, streamlit_server, wait_until
 from tinylora.store import RunStore
-from tinylora.sweep import SweepSpec, dispatchers, list_sweeps, save_sweep
+from tinylora.sweep import SweepSpec
+from tinylora.sweep_store import dispatchers, list_sweeps, save_sweep
 
 pytestmark = pytest.mark.browser
 

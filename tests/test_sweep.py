@@ -11,8 +11,9 @@ from conftest import ROOT, wait_for
 from tinylora.config import RunConfig
 from tinylora.jobs import busy_slots
 from tinylora.store import RunStore
-from tinylora.sweep import (SweepSpec, dispatchers, grid_points, point_config, point_key, resume_sweep, start_sweep,
-                            stop_sweep)
+from tinylora.sweep import SweepSpec
+from tinylora.sweep_search import grid_points, point_config, point_key
+from tinylora.sweep_store import dispatchers, resume_sweep, start_sweep, stop_sweep
 from tinylora.sweep_results import runs_table
 
 TINY = {"train": {"epochs": 2, "n_train": 256, "n_val": 128}}
@@ -36,7 +37,7 @@ def test_grid_runs_every_point_into_the_store(store):
     assert {r.status for r in runs} == {"finished"}
     assert {r.owner for r in runs} == {"tester"}
     by_key = {point_key(p, 0): p for p in grid_points(spec)}
-    from tinylora.sweep import point_from_config
+    from tinylora.sweep_search import point_from_config
     assert {point_key(*point_from_config(spec, r.config)) for r in runs} == set(by_key)
     for run in runs:
         config = RunConfig.from_dict(run.config)
@@ -168,7 +169,7 @@ def test_orphaned_remote_queued_run_is_interrupted(store):
 
 
 def test_local_sweep_never_imports_ray(home):
-    code = ("import sys; from tinylora import sweep, sweep_jobs, sweep_results, jobs; "
+    code = ("import sys; from tinylora import sweep, sweep_search, sweep_store, sweep_jobs, sweep_results, jobs; "
             "from tinylora.commands import sweep as command; "
             "print('ray' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

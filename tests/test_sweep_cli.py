@@ -6,7 +6,8 @@ import pytest
 
 from tinylora.cli import main
 from tinylora.store import RunStore
-from tinylora.sweep import SweepSpec, save_sweep
+from tinylora.sweep import SweepSpec
+from tinylora.sweep_store import save_sweep
 
 TINY = ["--epochs", "1", "--n-train", "128", "--n-val", "64"]
 

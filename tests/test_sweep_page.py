@@ -6,7 +6,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, wait_for
-from tinylora.sweep import SweepSpec, dispatchers, list_sweeps, point_config, save_sweep
+from tinylora.sweep import SweepSpec
+from tinylora.sweep_search import point_config
+from tinylora.sweep_store import dispatchers, list_sweeps, save_sweep
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ pytest.importorskip("ray")
 from browser_support import free_port  # noqa: E402
 from conftest import wait_for  # noqa: E402
 from tinylora.config import RunConfig  # noqa: E402
-from tinylora.sweep import SweepSpec, dispatchers, start_sweep, stop_sweep  # noqa: E402
+from tinylora.sweep import SweepSpec  # noqa: E402
+from tinylora.sweep_store import dispatchers, start_sweep, stop_sweep  # noqa: E402
 from tinylora.sweep_results import runs_table  # noqa: E402
 from tinylora.training import prepare_run  # noqa: E402
 

@@ -10,7 +10,9 @@ import statistics
 import pandas as pd
 import pytest
 
-from tinylora.sweep import SweepSpec, grid_points, point_config, save_sweep
+from tinylora.sweep import SweepSpec
+from tinylora.sweep_search import grid_points, point_config
+from tinylora.sweep_store import save_sweep
 from tinylora.sweep_results import (accuracy_by_r, best_point, heatmap_data, points_table, results_csv, runs_table,
                                     sweep_progress, trainable_by_r)
 

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from tinylora.config import RunConfig, TrainConfig
-from tinylora.sweep import (MAX_RUNS_PER_SWEEP, Range, SweepSpec, grid_points, load_spec_file, parse_axis_values,
-                            point_config, point_from_config, point_key, random_points)
+from tinylora.sweep import MAX_RUNS_PER_SWEEP, Range, SweepSpec, load_spec_file, parse_axis_values
+from tinylora.sweep_search import grid_points, point_config, point_from_config, point_key, random_points
 
 TINY = {"train": {"epochs": 2, "n_train": 256, "n_val": 128}}
 

@@ -182,7 +182,7 @@ def validate_job(kind: str, params: dict[str, Any]) -> dict[str, Any]:
         from .uploads import validate_upload_params
         return validate_upload_params(params)
     if kind == "sweep":
-        from .sweep import validate_sweep_job
+        from .sweep_store import validate_sweep_job
         return validate_sweep_job(params)
     if kind == "adapters":
         from .experiments import validate_adapters_params

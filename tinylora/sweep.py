@@ -1,52 +1,31 @@
-"""Hyperparameter sweeps: a spec of axes over the Train settings, its points, and the sweep record.
+"""Hyperparameter sweep specs: the axes over the Train settings, how they are parsed, and how a spec is checked.
 
 A sweep varies some of a `RunConfig`'s settings, its axes, and keeps the rest at `SweepSpec.base`. An axis is
 either a list of values or, for random and TPE search, a numeric `Range`. A point is one value per axis other
 than `seed`. Every point trains once per seed, so several seeds give a mean and a spread per point. Each of
-those trainings is an ordinary "train" run in the run store whose `group_id` is the sweep's id.
-
-Search strategies:
-
-- "grid": every combination of the axes' lists (the product, in `AXES` order);
-- "random": `budget` points drawn from a generator seeded by `sampler_seed` (uniform over lists, uniform or
-  log-uniform over ranges), so the same spec always draws the same points;
-- "tpe": `budget` points proposed one batch at a time by Optuna's Tree-structured Parzen Estimator
-  (Bergstra et al. 2011, "Algorithms for Hyper-Parameter Optimization"), which needs the results of earlier
-  points, so the sweep's dispatcher asks for new points as runs finish.
-
-Full finetuning trains no adapter, so its points carry None for the LoRA axes (r, lora_alpha, target_modules,
-use_rslora), and grid points that differ only there collapse into one.
-
-A sweep is recorded as `sweeps/<id>.json` in the data directory (its spec, owner and creation time). Starting or
-resuming it queues a dispatcher run of kind "sweep" (see `tinylora.sweep_jobs`) that submits the points which
-have no finished run yet.
+those trainings is an ordinary "train" run in the run store whose `group_id` is the sweep's id. This module
+parses axes from spec files, flags and text boxes, and `SweepSpec.validate` checks every axis and every point
+the sweep would train. `tinylora.sweep_search` generates the points, and `tinylora.sweep_store` records, starts
+and stops sweeps.
 """
 
 import dataclasses
-import itertools
 import json
 import math
-import random
 import re
-import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_file_atomic
 from .config import MAX_SEED, METHODS, RunConfig
 from .lora import TARGETABLE
-from .store import Run, RunStore
 from .tasks import TASKS
 
 AXES = ("method", "task", "r", "lora_alpha", "lr", "target_modules", "use_rslora", "seed")
-LORA_AXES = ("r", "lora_alpha", "target_modules", "use_rslora")  # meaningless for full finetuning
 RANGE_AXES = {"r": int, "lora_alpha": float, "lr": float}  # axes that random and TPE search can sample from a range
 SEARCHES = ("grid", "random", "tpe")
 EXECUTORS = ("local", "ray")
 MAX_RUNS_PER_SWEEP = 512
-DONE_STATUSES = ("finished", "diverged")  # a run with one of these is a result and is never trained again
 AXIS_LABELS = {
     "method": "method",
     "task": "task",
@@ -100,6 +79,9 @@ class SweepSpec:
 
     def validate(self) -> "SweepSpec":
         """Raise ValueError naming the first invalid axis, value or setting; return self when valid."""
+        # sweep_search imports this module, so importing it at the top of this one would be circular.
+        from .sweep_search import _points_to_validate, point_config
+
         self.base.validate()
 
         # Settings of the sweep itself
@@ -145,6 +127,8 @@ class SweepSpec:
         return self
 
     def planned_point_count(self) -> int:
+        from .sweep_search import grid_points  # imported here because sweep_search imports this module
+
         if self.search == "grid":
             return len(grid_points(self))
         return int(self.budget)
@@ -334,121 +318,6 @@ def describe_point(point: dict[str, Any]) -> str:
                      for name, value in point.items()) or "(base settings)"
 
 
-# Points
-
-
-def point_config(spec: SweepSpec, point: dict[str, Any], seed: int) -> RunConfig:
-    """The base config with the point's axis values and `seed` put in."""
-    config = spec.base
-    lora, train = config.lora, config.train
-    changes: dict[str, Any] = {}
-    for name, value in point.items():
-        if value is None:
-            continue
-        if name in ("method", "task"):
-            changes[name] = value
-        elif name == "lr":
-            train = dataclasses.replace(train, lr=value)
-        else:
-            lora = dataclasses.replace(lora, **{name: value})
-    train = dataclasses.replace(train, seed=seed)
-    return dataclasses.replace(config, lora=lora, train=train, **changes)
-
-
-def point_from_config(spec: SweepSpec, config: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    """Read a run's config back into (point, seed) over the spec's point axes."""
-    run = RunConfig.from_dict(config)
-    values = {"method": run.method, "task": run.task, "r": run.lora.r, "lora_alpha": run.lora.lora_alpha,
-              "lr": run.train.lr, "target_modules": tuple(run.lora.target_modules), "use_rslora": run.lora.use_rslora}
-    point = {name: values[name] for name in spec.point_axes}
-    return normalize_point(spec, point), run.train.seed
-
-
-def normalize_point(spec: SweepSpec, point: dict[str, Any]) -> dict[str, Any]:
-    """Blank the LoRA axes of a full-finetuning point, which trains no adapter."""
-    method = point.get("method", spec.base.method)
-    if method == "full":
-        return {name: (None if name in LORA_AXES else value) for name, value in point.items()}
-    return dict(point)
-
-
-def point_key(point: dict[str, Any], seed: int | None = None) -> str:
-    """A string that identifies a point (and a seed) independently of how its values were written."""
-    items = [[name, list(v) if isinstance(v, tuple) else v] for name, v in sorted(point.items())]
-    return json.dumps([items, seed])
-
-
-def _dedupe(spec: SweepSpec, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    seen, unique = set(), []
-    for point in points:
-        point = normalize_point(spec, point)
-        key = point_key(point)
-        if key not in seen:
-            seen.add(key)
-            unique.append(point)
-    return unique
-
-
-def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
-    names = spec.point_axes
-    combos = itertools.product(*(spec.axes[n] for n in names))
-    return _dedupe(spec, [dict(zip(names, combo)) for combo in combos])
-
-
-def random_points(spec: SweepSpec) -> list[dict[str, Any]]:
-    """Draw `spec.budget` distinct points; fewer when the space holds fewer distinct points."""
-    rng = random.Random(spec.sampler_seed)
-    points, seen = [], set()
-    for _ in range(50 * spec.budget):
-        point = normalize_point(spec, {name: sample_axis(spec.axes[name], name, rng) for name in spec.point_axes})
-        key = point_key(point)
-        if key not in seen:
-            seen.add(key)
-            points.append(point)
-            if len(points) == spec.budget:
-                break
-    return points
-
-
-def sample_axis(values: AxisValues, name: str, rng: random.Random) -> Any:
-    if not isinstance(values, Range):
-        return values[rng.randrange(len(values))]
-    if values.log:
-        x = math.exp(rng.uniform(math.log(values.low), math.log(values.high)))
-    else:
-        x = rng.uniform(values.low, values.high)
-    return round_to_axis(name, x, values)
-
-
-def round_to_axis(name: str, x: float, values: Range) -> int | float:
-    """Round a sampled number to a whole r, or to 3 significant digits, kept inside the range."""
-    if RANGE_AXES[name] is int:
-        return int(min(max(round(x), math.ceil(values.low)), math.floor(values.high)))
-    return min(max(float(f"{x:.3g}"), values.low), values.high)
-
-
-def planned_points(spec: SweepSpec) -> list[dict[str, Any]] | None:
-    """The points a grid or random sweep trains, in order; None for TPE, which proposes them as it goes."""
-    if spec.search == "grid":
-        return grid_points(spec)
-    if spec.search == "random":
-        return random_points(spec)
-    return None
-
-
-def _points_to_validate(spec: SweepSpec) -> list[dict[str, Any]]:
-    """Every planned point, or for TPE every combination of list values and range ends."""
-    points = planned_points(spec)
-    if points is not None:
-        return points
-    names = spec.point_axes
-    choices = [(spec.axes[n].low, spec.axes[n].high) if isinstance(spec.axes[n], Range) else spec.axes[n]
-               for n in names]
-    ends = [dict(zip(names, (RANGE_AXES[n](v) if n in RANGE_AXES else v for n, v in zip(names, combo))))
-            for combo in itertools.product(*choices)]
-    return _dedupe(spec, ends)
-
-
 def load_spec_file(path: str | Path) -> SweepSpec:
     """Read a sweep spec from a JSON file (.json) or a YAML file (any other suffix)."""
     path = Path(path)
@@ -478,132 +347,3 @@ def require_optuna() -> None:
         raise ValueError(f"TPE search needs Optuna, which is not installed; install it with `{OPTUNA_INSTALL}`, "
                          f"or choose grid or random search") from None
 
-
-# The sweep record
-
-
-@dataclass(frozen=True)
-class SweepRecord:
-    id: str
-    created: float
-    owner: str
-    spec: SweepSpec
-
-
-def sweeps_dir(store: RunStore) -> Path:
-    return store.home / "sweeps"
-
-
-def _check_sweep_id(sweep_id: Any) -> None:
-    if not isinstance(sweep_id, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", sweep_id):
-        raise ValueError(f"sweep id {sweep_id!r} is not valid; sweep ids contain letters, digits, - and _")
-
-
-def _record_path(store: RunStore, sweep_id: str) -> Path:
-    _check_sweep_id(sweep_id)
-    return sweeps_dir(store) / f"{sweep_id}.json"
-
-
-def save_sweep(store: RunStore, spec: SweepSpec, owner: str = "") -> SweepRecord:
-    """Validate `spec` and write a new sweep record; return it. Nothing is queued."""
-    spec.validate()
-    record = SweepRecord(f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}", time.time(), owner, spec)
-    data = {"id": record.id, "created": record.created, "owner": owner, "spec": spec.to_dict()}
-    write_file_atomic(_record_path(store, record.id), json.dumps(data, indent=2).encode())
-    return record
-
-
-def load_sweep(store: RunStore, sweep_id: str) -> SweepRecord:
-    path = _record_path(store, sweep_id)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise _sweep_not_found(store, sweep_id) from None
-    return SweepRecord(data["id"], data["created"], data.get("owner", ""), SweepSpec.from_dict(data["spec"]))
-
-
-def _sweep_not_found(store: RunStore, sweep_id: str, max_listed: int = 10) -> ValueError:
-    """Build the error for a missing sweep id, listing up to `max_listed` stored ids, newest first."""
-    where = sweeps_dir(store)
-    # Ids begin with the local start time (sweep-YYYYmmdd-HHMMSS-...), so reverse name order is newest first.
-    ids = sorted((path.stem for path in where.glob("*.json")), reverse=True)
-    if not ids:
-        return ValueError(f"sweep {sweep_id!r} was not found, because {where} contains no sweeps. Start a sweep first.")
-    listed = ", ".join(ids[:max_listed])
-    if len(ids) > max_listed:
-        listed += f" and {len(ids) - max_listed} more"
-    return ValueError(f"sweep {sweep_id!r} was not found in {where}. Choose one of the stored sweeps, newest first: "
-                      f"{listed}")
-
-
-def list_sweeps(store: RunStore) -> list[SweepRecord]:
-    """Every readable sweep record, newest first."""
-    records = []
-    for path in sweeps_dir(store).glob("*.json"):
-        try:
-            records.append(load_sweep(store, path.stem))
-        except (ValueError, KeyError, OSError):
-            continue
-    return sorted(records, key=lambda r: r.created, reverse=True)
-
-
-def validate_sweep_job(params: dict[str, Any]) -> dict[str, Any]:
-    """Check a dispatcher job's parameters: exactly a well-formed sweep id (its record is read when it starts)."""
-    if set(params) != {"sweep_id"}:
-        raise ValueError(f"a sweep job takes exactly one parameter, sweep_id, got {sorted(params)}")
-    _check_sweep_id(params["sweep_id"])
-    return dict(params)
-
-
-# Starting, stopping and resuming
-
-
-def existing_runs(store: RunStore, spec: SweepSpec, sweep_id: str) -> dict[str, Run]:
-    """For each (point, seed) key, the run that counts: the newest finished or diverged one, else the newest."""
-    chosen: dict[str, Run] = {}
-    for run in reversed(store.list_runs(kind="train", group_id=sweep_id)):  # oldest first, so newer runs win
-        try:
-            point, seed = point_from_config(spec, run.config)
-        except ValueError:
-            continue
-        key = point_key(point, seed)
-        old = chosen.get(key)
-        if old is None or run.status in DONE_STATUSES or old.status not in DONE_STATUSES:
-            chosen[key] = run
-    return chosen
-
-
-def dispatchers(store: RunStore, sweep_id: str) -> list[Run]:
-    return store.list_runs(kind="sweep", group_id=sweep_id)
-
-
-def start_sweep(store: RunStore, spec: SweepSpec, owner: str = "") -> SweepRecord:
-    """Record a sweep and queue its dispatcher, which submits every point; return the record."""
-    record = save_sweep(store, spec, owner)
-    _queue_dispatcher(store, record.id, owner)
-    return record
-
-
-def resume_sweep(store: RunStore, sweep_id: str, owner: str = "") -> str:
-    """Queue a new dispatcher for a sweep that is not active; it trains only points without a finished run."""
-    load_sweep(store, sweep_id)
-    active = [r for r in dispatchers(store, sweep_id) if r.active]
-    if active:
-        raise ValueError(f"sweep {sweep_id} is still {active[0].status}; stop it before resuming it")
-    return _queue_dispatcher(store, sweep_id, owner)
-
-
-def _queue_dispatcher(store: RunStore, sweep_id: str, owner: str) -> str:
-    from . import jobs
-
-    run_id = store.create_run("sweep", {"sweep_id": sweep_id}, owner=owner, group_id=sweep_id)
-    jobs.ensure_runner(store.home)
-    return run_id
-
-
-def stop_sweep(store: RunStore, sweep_id: str) -> int:
-    """Ask the sweep's dispatcher and every active run of the sweep to stop; return how many were asked."""
-    active = store.list_runs(group_id=sweep_id, statuses=("queued", "running"))
-    for run in active:
-        store.request_stop(run.id)
-    return len(active)

@@ -27,8 +27,9 @@ from typing import Any
 from . import jobs
 from .config import RunConfig
 from .store import Run, RunStore
-from .sweep import (DONE_STATUSES, RANGE_AXES, Range, SweepSpec, existing_runs, load_sweep, normalize_point,
-                    planned_points, point_config, point_from_config, point_key, round_to_axis)
+from .sweep import RANGE_AXES, Range, SweepSpec
+from .sweep_search import normalize_point, planned_points, point_config, point_from_config, point_key, round_to_axis
+from .sweep_store import DONE_STATUSES, existing_runs, load_sweep
 
 log = logging.getLogger("tinylora.sweep")
 

@@ -12,8 +12,9 @@ from typing import Any
 import pandas as pd
 
 from .store import RunStore
-from .sweep import (DONE_STATUSES, Range, SweepRecord, SweepSpec, existing_runs, format_value,
-                    planned_points, point_from_config, point_key)
+from .sweep import Range, SweepSpec, format_value
+from .sweep_search import planned_points, point_from_config, point_key
+from .sweep_store import DONE_STATUSES, SweepRecord, existing_runs
 
 RESULT_COLUMNS = ["status", "final_acc", "trainable", "seconds", "run_id"]
 

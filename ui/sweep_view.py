@@ -6,7 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from tinylora.store import RunStore
-from tinylora.sweep import AXIS_LABELS, SweepRecord, describe_point, sweeps_dir
+from tinylora.sweep import AXIS_LABELS, describe_point
+from tinylora.sweep_store import SweepRecord, sweeps_dir
 from tinylora.sweep_results import (SweepProgress, accuracy_by_r, best_point, heatmap_data, label, points_table,
                                     results_csv, runs_table, sweep_progress, trainable_by_r)
 

@@ -17,8 +17,8 @@ from ..config import METHODS, QuantOptions, TrainConfig
 from ..lora import TARGETABLE
 from ..ray_executor import RAY_ADDRESS_ENV, default_ray_address
 from ..store import RunStore, StoreError
-from ..sweep import (AXES, SEARCHES, SweepSpec, describe_point, format_value, load_spec_file, load_sweep,
-                     parse_axis_values, resume_sweep, start_sweep, stop_sweep)
+from ..sweep import AXES, SEARCHES, SweepSpec, describe_point, format_value, load_spec_file, parse_axis_values
+from ..sweep_store import load_sweep, resume_sweep, start_sweep, stop_sweep
 from ..sweep_results import best_point, points_table, runs_table, sweep_progress
 from ..tasks import TASKS
 
