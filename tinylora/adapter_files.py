@@ -106,9 +106,9 @@ def parse_adapter(config_bytes: bytes, weights_bytes: bytes, max_bytes: int | No
                                f"{_limit(max_bytes)} for adapters; this is not a LoRA adapter for "
                                f"this model (check that you did not upload a full model)")
     config, modules_to_save, base_name = _parse_config(_parse_json(config_bytes))
-    tensors = _parse_safetensors(weights_bytes, WEIGHTS_NAME)
+    tensors = parse_safetensors(weights_bytes, WEIGHTS_NAME)
     _check_float(tensors, WEIGHTS_NAME)
-    _check_finite(tensors, WEIGHTS_NAME, "the adapter comes from a diverged run; train it again with a lower "
+    check_finite(tensors, WEIGHTS_NAME, "the adapter comes from a diverged run; train it again with a lower "
                                          "learning rate")
     _check_rank(tensors, config.r)
     tensors = {key: t.float() for key, t in tensors.items()}
@@ -274,7 +274,8 @@ def _parse_config(data: dict[str, Any]) -> tuple[LoRAConfig, tuple[str, ...], st
     return config, tuple(dict.fromkeys(modules_to_save)), base_name
 
 
-def _parse_safetensors(data: bytes, name: str) -> dict[str, torch.Tensor]:
+def parse_safetensors(data: bytes, name: str) -> dict[str, torch.Tensor]:
+    """Load the tensors of safetensors bytes; raise AdapterFileError naming file `name` when they are not."""
     try:
         return safetensors.torch.load(data)
     except SafetensorError as error:
@@ -299,7 +300,7 @@ def _check_float(tensors: dict[str, torch.Tensor], name: str) -> None:
                                    f"float32, float16, bfloat16 or float64")
 
 
-def _check_finite(tensors: Mapping[str, torch.Tensor], where: str, fix: str,
+def check_finite(tensors: Mapping[str, torch.Tensor], where: str, fix: str,
                   error: type[ValueError] = AdapterFileError) -> None:
     """Raise `error` naming the first tensor with a NaN or infinity."""
     for key, tensor in tensors.items():

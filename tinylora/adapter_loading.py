@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .adapter_files import (CONFIG_NAME, HEAD, KEY_PREFIX, WEIGHTS_NAME, Adapter, AdapterFileError, _check_finite,
-                            _parse_safetensors, read_adapter)
+from .adapter_files import (CONFIG_NAME, HEAD, KEY_PREFIX, WEIGHTS_NAME, Adapter, AdapterFileError, check_finite,
+                            parse_safetensors, read_adapter)
 from .lora import DEFAULT_ADAPTER, TARGETABLE, LoRAConfig, LoRALinear, inject_lora, lora_layers
 from .quant import QuantizedLinear
 
@@ -116,7 +116,7 @@ def load_full_state(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         raise AdapterFileError(f"model file {path} does not exist; save the model first or fix the path") from None
     except OSError as error:
         raise AdapterFileError(f"cannot read {path} ({error.strerror}); check its permissions") from error
-    tensors = _parse_safetensors(data, path.name)
+    tensors = parse_safetensors(data, path.name)
     state = model.state_dict()
     missing = sorted(set(state) - set(tensors))
     extra = sorted(set(tensors) - set(state))
@@ -129,7 +129,7 @@ def load_full_state(path: str | os.PathLike, model: nn.Module) -> nn.Module:
             raise AdapterFileError(f"tensor {key} in {path.name} is {tensor.dtype} {tuple(tensor.shape)} but the "
                                    f"model needs {want.dtype} {tuple(want.shape)}; load it into a model built "
                                    f"with the same ModelConfig")
-    _check_finite({k: t for k, t in tensors.items() if t.is_floating_point()}, path.name,
+    check_finite({k: t for k, t in tensors.items() if t.is_floating_point()}, path.name,
                   "the model comes from a diverged run; train it again with a lower learning rate")
     model.load_state_dict(tensors)
     return model

@@ -18,7 +18,7 @@ from typing import Any
 import safetensors.torch
 import torch.nn as nn
 
-from .adapter_files import (CONFIG_NAME, HEAD, KEY_PREFIX, WEIGHTS_NAME, Adapter, AdapterFileError, _check_finite,
+from .adapter_files import (CONFIG_NAME, HEAD, KEY_PREFIX, WEIGHTS_NAME, Adapter, AdapterFileError, check_finite,
                             read_adapter)
 from .atomic import write_directory_atomic, write_file_atomic
 from .lora import DEFAULT_ADAPTER, LoRAConfig, lora_layers
@@ -98,7 +98,7 @@ def adapter_from_model(model: nn.Module, config: LoRAConfig, adapter_name: str =
 
 def adapter_file_bytes(adapter: Adapter) -> dict[str, bytes]:
     """Serialise `adapter` to {file name: contents}; raise ValueError naming any non-finite tensor."""
-    _check_finite(adapter.tensors, "the adapter", "it comes from a diverged run, so train again with a lower "
+    check_finite(adapter.tensors, "the adapter", "it comes from a diverged run, so train again with a lower "
                   "learning rate", error=ValueError)
     config = peft_config_dict(adapter.config, adapter.modules_to_save, adapter.base_model_name_or_path)
     return {
@@ -162,6 +162,6 @@ def zip_adapter_set(directory: str | os.PathLike) -> bytes:
 def save_full_state(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write every parameter and buffer of a fully fine-tuned `model` to one safetensors file, atomically."""
     tensors = {key: t.detach().cpu().contiguous().clone() for key, t in model.state_dict().items()}
-    _check_finite(tensors, "the model", "it comes from a diverged run, so train again with a lower learning rate",
+    check_finite(tensors, "the model", "it comes from a diverged run, so train again with a lower learning rate",
                   error=ValueError)
     return write_file_atomic(path, safetensors.torch.save(tensors, metadata={"format": "pt"}))
