@@ -9,6 +9,7 @@ from tinylora.quant_lab import DEFAULT_TASK, lab_run_config, lab_schemes
 from ui import cached
 from ui.charts import accuracy_bars, error_histograms, nf4_levels_chart, sqnr_chart
 from ui.common import get_store, page_header, session_owner
+from ui.controls import parse_whole_number, whole_number_box
 from ui.lab_jobs import absorb_progress, absorb_results, base_job_panel, ensure_base_job, latest_run, \
     submit_absorb_runs
 
@@ -120,15 +121,13 @@ accuracy = cached.accuracy(base, home, block_size).set_index("label")
 float_acc = float(accuracy.val_acc["float32"])
 configs = {}
 col_epochs, col_train, col_stop = st.columns([1, 1, 1], vertical_alignment="bottom")
-# No min_value or max_value: Streamlit would keep the last valid value of an out-of-range entry, so the typed
-# value goes to RunConfig.validate, which names it and its range.
-epochs = col_epochs.number_input("QLoRA epochs", value=TrainConfig().epochs, step=1, key="quant_epochs",
-                                 persist_state="session",
-                                 help="Epochs of QLoRA training over each quantized base (16 steps each).")
+epochs = whole_number_box(col_epochs, "QLoRA epochs", TrainConfig().epochs, "quant_epochs",
+                          help="Epochs of QLoRA training over each quantized base (16 steps each).")
 invalid = None
 try:
+    epoch_count = parse_whole_number(epochs, "QLoRA epochs", TrainConfig().epochs)
     for choice in selected:
-        configs[choice.label] = lab_run_config(base, choice, task, TrainConfig(epochs=int(epochs))).validate()
+        configs[choice.label] = lab_run_config(base, choice, task, TrainConfig(epochs=epoch_count)).validate()
 except ValueError as error:
     invalid, configs = str(error), {}
 runs = {label: run for label, config in configs.items()

@@ -6,7 +6,7 @@ from tinylora import jobs
 from tinylora.config import RunConfig
 from tinylora.store import Run, RunStore, StoreError
 from ui.common import get_store, page_header, session_owner, start_runner
-from ui.controls import LOAD_REQUEST, apply_config_to_widgets, run_config_controls
+from ui.controls import LOAD_REQUEST, apply_config_to_widgets, config_from_widgets, run_config_controls
 from ui.run_view import empty_charts, live_run_view
 
 store = get_store()
@@ -45,7 +45,7 @@ def start_run() -> None:
     current = store.get_run(run_id) if run_id else None
     if current is None or not current.active:
         current = active_run_of_session(store, session_owner())
-    config = st.session_state.get("_train_config")
+    config, _ = config_from_widgets("train_")  # with any value typed just before the click
     if current is not None and current.active:
         st.query_params["run"] = current.id
         st.session_state._train_notice = f"Run {current.id} is still {current.status}; stop it before starting another."

@@ -104,6 +104,8 @@ def test_second_click_while_active_starts_nothing(home, store):
     ("train_epochs", "2.5", "epochs '2.5' is not a whole number; enter one such as 8"),
     ("train_r", "four", "r 'four' is not a whole number; enter one such as 4"),
     ("train_batch_size", "", "batch size '' is not a whole number; enter one such as 64"),
+    ("train_epochs", "1_0", "epochs '1_0' is not a whole number"),
+    ("train_seed", "\u0663", "seed '\u0663' is not a whole number"),
 ])
 def test_invalid_setting_shows_error_and_starts_nothing(home, store, key, value, message):
     at = app().run()
@@ -170,6 +172,23 @@ def test_train_page_finds_the_session_run(home, store):
     assert at.button(key="train_button").disabled
     assert not at.button(key="stop_button").disabled
     store.request_stop(run_id)
+
+
+def test_train_click_uses_value_typed_before_it(home, store):
+    # A click right after typing sends the new text and the click in one rerun, before the page redraws.
+    at = app().run()
+    at.text_input(key="train_epochs").input("abc")
+    at.button(key="train_button").click().run()
+    assert store.list_runs() == []
+    assert any("The settings are invalid" in i.value for i in at.info)
+    at.text_input(key="train_epochs").input("8").run()  # valid again: Train is enabled
+    at.text_input(key="train_epochs").input("3")
+    at.text_input(key="train_seed").input("7")
+    at.button(key="train_button").click().run()
+    [run] = store.list_runs()
+    assert run.config["train"]["epochs"] == 3
+    assert run.config["train"]["seed"] == 7
+    store.request_stop(run.id)
 
 
 def test_refreshed_session_finds_its_run_after_page_switch(home, store):

@@ -160,7 +160,7 @@ def test_run_button_queues_one_job_per_strategy(home):
     at = forgetting_page()
     at.multiselect(key="forgetting_strategies").set_value(["sequential", "replay"]).run()
     at.slider(key="forgetting_replay").set_value(40).run()
-    at.number_input(key="forgetting_epochs_b").set_value(3).run()
+    at.text_input(key="forgetting_epochs_b").input("3").run()
     at.button(key="forgetting_run").click().run()
     assert not at.exception
     runs = store.list_runs(kind="forgetting")
@@ -185,10 +185,12 @@ def test_same_tasks_are_rejected(home):
     ("forgetting_epochs_a", 0, "epochs_a must be between 1 and 100, got 0"),
     ("forgetting_epochs_b", 101, "epochs_b must be between 1 and 100, got 101"),
     ("forgetting_eval_every", -1, "eval_every must be 0 (phase ends only) or a number of steps up to 1000, got -1"),
+    ("forgetting_epochs_a", "99999999999999999999", "got 99999999999999999999"),
+    ("forgetting_epochs_joint", "abc", "joint epochs 'abc' is not a whole number; enter one such as 10"),
 ])
 def test_out_of_range_setting_is_named(home, key, value, message):
     at = forgetting_page()
-    at.number_input(key=key).set_value(value).run()
+    at.text_input(key=key).input(str(value)).run()
     assert any(message in e.value for e in at.error), [e.value for e in at.error]
     assert at.button(key="forgetting_run").disabled
 

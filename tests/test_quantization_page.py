@@ -72,7 +72,7 @@ def test_quantization_cached_finetuned_base(home):
 def test_quantization_absorb_run_shows_results(home, store):
     at = page("quantization.py").run()
     at.multiselect(key="quant_schemes").set_value([3]).run()
-    at.number_input(key="quant_epochs").set_value(1).run()
+    at.text_input(key="quant_epochs").input("1").run()
     at.button(key="quant_absorb_button").click().run()
     runs = store.list_runs(kind="absorb")
     assert len(runs) == 1
@@ -91,7 +91,7 @@ def test_quantization_absorb_run_shows_results(home, store):
 
 def test_quantization_out_of_range_epochs_named(home, store):
     at = page("quantization.py").run()
-    at.number_input(key="quant_epochs").set_value(501).run()
+    at.text_input(key="quant_epochs").input("501").run()
     assert not at.exception, [e.message for e in at.exception]
     assert any("epochs must be between 1 and 500, got 501" in e.value for e in at.error), [e.value for e in at.error]
     assert at.button(key="quant_absorb_button").disabled

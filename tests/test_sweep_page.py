@@ -35,8 +35,8 @@ def chart_titles(at: AppTest) -> list[str]:
 
 
 def tiny(at: AppTest) -> AppTest:
-    at.number_input(key="sweep_epochs").set_value(2).run()
-    at.number_input(key="sweep_n_train").set_value(256).run()
+    at.text_input(key="sweep_epochs").input("2").run()
+    at.text_input(key="sweep_n_train").input("256").run()
     return at
 
 
@@ -69,10 +69,12 @@ def test_invalid_axis_shows_error_and_starts_nothing(home, store, no_runner, key
     ("sweep_epochs", 501, "epochs must be between 1 and 500, got 501"),
     ("sweep_batch_size", 5000, "batch size must be between 1 and 1024, got 5000"),
     ("sweep_n_train", 100_000, "need between 1 and 65536 examples, got 100000"),
+    ("sweep_epochs", "99999999999999999999", "got 99999999999999999999"),
+    ("sweep_batch_size", "", "batch size '' is not a whole number; enter one such as 64"),
 ])
 def test_out_of_range_run_setting_is_named(home, store, no_runner, key, value, message):
     at = sweep_page()
-    at.number_input(key=key).set_value(value).run()
+    at.text_input(key=key).input(str(value)).run()
     assert not at.exception
     assert any(message in e.value for e in at.error), [e.value for e in at.error]
     assert at.button(key="sweep_start").disabled
@@ -135,7 +137,7 @@ def test_sweep_view_shows_results_and_opens_best_on_train(home, store, no_runner
 def test_stop_button_stops_the_sweep(home, store, monkeypatch):
     monkeypatch.setenv("TINYLORA_MAX_RUNS", "1")
     at = sweep_page()
-    at.number_input(key="sweep_epochs").set_value(300).run()
+    at.text_input(key="sweep_epochs").input("300").run()
     at.button(key="sweep_start").click().run()
     [record] = list_sweeps(store)
     wait_for(lambda: store.list_runs(kind="train", group_id=record.id, statuses=("running",)), timeout=60,
@@ -226,7 +228,7 @@ def test_unknown_sweep_id_warns_and_shows_latest(home, store, no_runner):
 def test_negative_sampler_seed_is_named(home, store, no_runner):
     at = sweep_page()
     at.segmented_control(key="sweep_search").set_value("random").run()
-    at.number_input(key="sweep_sampler_seed").set_value(-1).run()
+    at.text_input(key="sweep_sampler_seed").input("-1").run()
     assert any("sampler seed must be between 0 and 2147483647, got -1" in e.value for e in at.error), \
         [e.value for e in at.error]
     assert at.button(key="sweep_start").disabled

@@ -18,6 +18,7 @@ from tinylora.store import Run, RunStore, StoreError
 from tinylora.tasks import TASKS, make_data
 
 from .charts import accuracy_chart, adapter_matrix_heatmap, mix_chart
+from .controls import parse_whole_number, whole_number_box
 from .run_view import REFRESH_SECONDS, format_seconds
 
 OPEN_RUN = "adapters_open_run"  # session key the Runs page sets: a train run whose adapter to show here
@@ -37,21 +38,21 @@ def adapters_controls(prefix: str) -> tuple[dict | None, str | None]:
                            key=f"{prefix}tasks", persist_state=keep,
                            help="Each task gets its own LoRA adapter and head over the same frozen base.")
     left, right = st.columns(2)
-    # No min_value or max_value: Streamlit would keep the last valid value of an out-of-range entry, so the
-    # typed value goes to AdaptersSpec.validate, which names it and its range.
-    r = left.number_input("r (rank)", value=4, step=1, key=f"{prefix}r", persist_state=keep)
+    # No min_value or max_value on lora_alpha: Streamlit would keep the last valid value of an out-of-range
+    # entry, so the typed value goes to AdaptersSpec.validate, which names it and its range.
+    r = whole_number_box(left, "r (rank)", 4, f"{prefix}r")
     alpha = right.number_input("lora_alpha", value=8.0, step=1.0, key=f"{prefix}alpha", persist_state=keep)
-    epochs = left.number_input("Epochs per adapter", value=8, step=1, key=f"{prefix}epochs", persist_state=keep)
-    seed = right.number_input("Seed", value=0, step=1, key=f"{prefix}seed",
-                              persist_state=keep, help="Fixes the base, each adapter's initialisation and the "
-                                                       "batch order")
+    epochs = whole_number_box(left, "Epochs per adapter", 8, f"{prefix}epochs")
+    seed = whole_number_box(right, "Seed", 0, f"{prefix}seed",
+                            help="Fixes the base, each adapter's initialisation and the batch order")
     storage = st.selectbox("Frozen base storage", ["float32", *SCHEMES], key=f"{prefix}quant", persist_state=keep,
                            help="float32, or quantized as in QLoRA (the adapters stay float32)")
     if len(tasks) < 2:
         return None, "Pick at least two tasks: the matrix compares each adapter on the other adapters' tasks."
-    params = {"tasks": tasks, "lora": {"r": int(r), "lora_alpha": float(alpha)},
-              "train": {"epochs": int(epochs), "seed": int(seed)}, "quant": None if storage == "float32" else storage}
     try:
+        params = {"tasks": tasks, "lora": {"r": parse_whole_number(r, "r", 4), "lora_alpha": float(alpha)},
+                  "train": {"epochs": parse_whole_number(epochs, "epochs", 8), "seed": parse_whole_number(seed, "seed", 0)},
+                  "quant": None if storage == "float32" else storage}
         return AdaptersSpec.from_params(params).to_params(), None
     except ValueError as error:
         return None, str(error)

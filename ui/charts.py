@@ -418,14 +418,14 @@ def mix_chart(weights: list[float], acc: dict[str, list[float]], weight: float, 
                                  marker=dict(color=color, size=13, line=dict(color="white", width=2)),
                                  text=[f"{values[nearest]:.3f}"],
                                  textposition="top right" if task == highest else "bottom right",
-                                 textfont=dict(color=color, size=13), hoverinfo="skip"))
+                                 textfont=dict(color=color, size=13), hoverinfo="skip", cliponaxis=False))
     fig.add_vline(x=weight, line=dict(color="#555", dash="dash", width=1))
     fig.add_hline(y=0.5, line=dict(color="#999", dash="dot", width=1), annotation_text="chance",
                   annotation_position="bottom right")
     fig = _layout(fig, f"Mixing {name_a} (w = 0) into {name_b} (w = 1)", f"weight w of {name_b}", "accuracy",
                   height=340)
     fig.update_xaxes(range=[-0.03, 1.12])
-    fig.update_yaxes(range=[0.0, 1.05])
+    fig.update_yaxes(range=[0.0, 1.12])  # room above 1.0 for the label of a dot at the top
     _legend_under_title(fig)
     return fig
 

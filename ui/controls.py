@@ -1,6 +1,7 @@
 """The run-settings controls of the Train page, turned into a validated `RunConfig`."""
 
 import math
+import re
 
 import streamlit as st
 
@@ -30,10 +31,21 @@ def parse_learning_rate(text: str) -> float:
 
 def parse_whole_number(text: str, name: str, example: int) -> int:
     """Parse a whole-number box; raise ValueError naming the box, the text and an example of the expected form."""
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise ValueError(f"{name} {text.strip()!r} is not a whole number; enter one such as {example}") from None
+    text = text.strip()
+    # ASCII digits only: int() also takes "1_0" and digits of other scripts, which a reader would not expect.
+    if not re.fullmatch(r"[+-]?[0-9]+", text):
+        raise ValueError(f"{name} {text!r} is not a whole number; enter one such as {example}")
+    return int(text)
+
+
+def whole_number_box(container, label: str, default: int, key: str, help: str | None = None) -> str:
+    """Draw a text box for a whole number, starting at `default`; return its text for `parse_whole_number`.
+
+    A number box keeps its last valid value when a typed one is out of its range or too large for the browser
+    (20 digits). So a bad value would be used silently, and a text box is used instead.
+    """
+    st.session_state.setdefault(key, str(default))
+    return container.text_input(label, key=key, persist_state="session", help=help)
 
 
 LOAD_REQUEST = "_train_load"  # session key: the id of a run whose settings the Train page loads on its next run
@@ -73,6 +85,44 @@ def apply_config_to_widgets(config: RunConfig, prefix: str) -> None:
     st.session_state.update(config_widget_values(config, prefix))
 
 
+def config_from_widgets(prefix: str = "train_") -> tuple[RunConfig | None, str | None]:
+    """Return (config, None) for the controls' values in session state, else (None, error message).
+
+    A button callback calls this too: its session state already contains a value typed in a box just before
+    the click, which the config computed in the previous script run does not.
+    """
+    d = RunConfig()
+    state = st.session_state
+    values = {key.removeprefix(prefix): state.get(key, default)
+              for key, default in config_widget_values(d, prefix).items()}
+    method = values["method"]
+    uses_lora = method != "full"
+    quant = d.quant
+    if METHODS.get(method) is not None:
+        quant = QuantOptions(modules=values["quant_modules"], block_size=quant.block_size,
+                             double_quant=quant.double_quant)
+    if METHODS.get(method) == "nf4":
+        quant = QuantOptions(modules=quant.modules, block_size=int(values["block_size"]),
+                             double_quant=bool(values["double_quant"]))
+    try:
+        config = RunConfig(
+            method=method,
+            task=values["task"],
+            base=values["base"],
+            lora=LoRAConfig(r=parse_whole_number(values["r"], "r", d.lora.r) if uses_lora else d.lora.r,
+                            lora_alpha=float(values["lora_alpha"]), target_modules=tuple(values["targets"]),
+                            use_rslora=bool(values["use_rslora"])),
+            train=TrainConfig(lr=parse_learning_rate(values["lr"]),
+                              epochs=parse_whole_number(values["epochs"], "epochs", d.train.epochs),
+                              batch_size=parse_whole_number(values["batch_size"], "batch size", d.train.batch_size),
+                              seed=parse_whole_number(values["seed"], "seed", d.train.seed)),
+            quant=quant,
+        )
+        return config.validate(), None
+    except ValueError as error:
+        return None, str(error)
+
+
 def run_config_controls(prefix: str = "train_", disabled: bool = False) -> tuple[RunConfig | None, str | None]:
     """Draw the controls and return (config, None) when the settings are valid, else (None, error message)."""
     # Defaults go into session state, never into the widgets: a widget given a default whose key a loaded run
@@ -98,56 +148,36 @@ def run_config_controls(prefix: str = "train_", disabled: bool = False) -> tuple
     # Whole numbers are typed as text. A number box keeps its last valid value when a typed one is out of its
     # range, or too large for the browser (20 digits), so a bad value would train silently. The parsers and
     # RunConfig.validate name it instead.
-    r_text = col_r.text_input("r (rank)", key=f"{prefix}r", disabled=disabled or not uses_lora, persist_state=keep,
-                              help=f"Rank of the update B @ A, from 1 to {MAX_R}.")
-    lora_alpha = col_alpha.number_input("lora_alpha", step=1.0, key=f"{prefix}lora_alpha",
-                                        disabled=disabled or not uses_lora, persist_state=keep,
-                                        help="The update is scaled by lora_alpha / r, or by lora_alpha / sqrt(r) "
-                                             "with rsLoRA.")
-    use_rslora = st.checkbox("rsLoRA scaling: lora_alpha / sqrt(r)", key=f"{prefix}use_rslora",
-                             disabled=disabled or not uses_lora, persist_state=keep,
-                             help="Rank-stabilized LoRA (Kalajdzievski 2023) scales the update by lora_alpha / "
-                                  "sqrt(r) instead of lora_alpha / r, so large ranks still learn at a useful speed.")
-    targets = st.multiselect("Target modules", list(TARGETABLE),
-                             key=f"{prefix}targets", disabled=disabled or not uses_lora, persist_state=keep,
-                             help="The linear layers in every block that get an adapter: qkv (64 -> 192), "
-                                  "proj (64 -> 64), fc1 (64 -> 256), fc2 (256 -> 64).")
-    d = RunConfig()
-    quant_modules, block_size, double_quant = d.quant.modules, d.quant.block_size, d.quant.double_quant
+    col_r.text_input("r (rank)", key=f"{prefix}r", disabled=disabled or not uses_lora, persist_state=keep,
+                     help=f"Rank of the update B @ A, from 1 to {MAX_R}.")
+    col_alpha.number_input("lora_alpha", step=1.0, key=f"{prefix}lora_alpha", disabled=disabled or not uses_lora,
+                           persist_state=keep,
+                           help="The update is scaled by lora_alpha / r, or by lora_alpha / sqrt(r) with rsLoRA.")
+    st.checkbox("rsLoRA scaling: lora_alpha / sqrt(r)", key=f"{prefix}use_rslora", disabled=disabled or not uses_lora,
+                persist_state=keep,
+                help="Rank-stabilized LoRA (Kalajdzievski 2023) scales the update by lora_alpha / sqrt(r) instead "
+                     "of lora_alpha / r, so large ranks still learn at a useful speed.")
+    st.multiselect("Target modules", list(TARGETABLE), key=f"{prefix}targets", disabled=disabled or not uses_lora,
+                   persist_state=keep,
+                   help="The linear layers in every block that get an adapter: qkv (64 -> 192), proj (64 -> 64), "
+                        "fc1 (64 -> 256), fc2 (256 -> 64).")
     if METHODS[method] is not None:
-        quant_modules = st.selectbox("Quantize", list(QUANT_MODULE_LABELS), format_func=QUANT_MODULE_LABELS.get,
-                                     key=f"{prefix}quant_modules", disabled=disabled, persist_state=keep,
-                                     help="Which frozen linears the QLoRA base stores quantized.")
+        st.selectbox("Quantize", list(QUANT_MODULE_LABELS), format_func=QUANT_MODULE_LABELS.get,
+                     key=f"{prefix}quant_modules", disabled=disabled, persist_state=keep,
+                     help="Which frozen linears the QLoRA base stores quantized.")
     if METHODS[method] == "nf4":
-        block_size = st.selectbox("NF4 block size", BLOCK_SIZES, key=f"{prefix}block_size", disabled=disabled,
-                                  persist_state=keep, help="Weights that share one absmax scale.")
-        double_quant = st.checkbox("Double quantization", key=f"{prefix}double_quant",
-                                   disabled=disabled, persist_state=keep,
-                                   help="Store the per-block absmax values as 8-bit codes too.")
+        st.selectbox("NF4 block size", BLOCK_SIZES, key=f"{prefix}block_size", disabled=disabled, persist_state=keep,
+                     help="Weights that share one absmax scale.")
+        st.checkbox("Double quantization", key=f"{prefix}double_quant", disabled=disabled, persist_state=keep,
+                    help="Store the per-block absmax values as 8-bit codes too.")
 
-    lr_text = st.text_input("Learning rate", key=f"{prefix}lr", disabled=disabled,
-                            persist_state=keep, help="AdamW learning rate, e.g. 5e-3.")
+    st.text_input("Learning rate", key=f"{prefix}lr", disabled=disabled, persist_state=keep,
+                  help="AdamW learning rate, e.g. 5e-3.")
     col_epochs, col_batch, col_seed = st.columns(3)
-    epochs_text = col_epochs.text_input("Epochs", key=f"{prefix}epochs", disabled=disabled, persist_state=keep,
-                                        help=f"Passes over the training examples, from 1 to {MAX_EPOCHS}.")
-    batch_text = col_batch.text_input("Batch size", key=f"{prefix}batch_size", disabled=disabled,
-                                      persist_state=keep, help=f"Examples per step, from 1 to {MAX_BATCH_SIZE}.")
-    seed_text = col_seed.text_input("Seed", key=f"{prefix}seed", disabled=disabled, persist_state=keep,
-                                    help="Fixes model and adapter initialisation and the batch order.")
-    try:
-        config = RunConfig(
-            method=method,
-            task=task,
-            base=base,
-            lora=LoRAConfig(r=parse_whole_number(r_text, "r", d.lora.r) if uses_lora else d.lora.r,
-                            lora_alpha=float(lora_alpha), target_modules=tuple(targets),
-                            use_rslora=bool(use_rslora)),
-            train=TrainConfig(lr=parse_learning_rate(lr_text),
-                              epochs=parse_whole_number(epochs_text, "epochs", d.train.epochs),
-                              batch_size=parse_whole_number(batch_text, "batch size", d.train.batch_size),
-                              seed=parse_whole_number(seed_text, "seed", d.train.seed)),
-            quant=QuantOptions(modules=quant_modules, block_size=int(block_size), double_quant=bool(double_quant)),
-        )
-        return config.validate(), None
-    except ValueError as error:
-        return None, str(error)
+    col_epochs.text_input("Epochs", key=f"{prefix}epochs", disabled=disabled, persist_state=keep,
+                          help=f"Passes over the training examples, from 1 to {MAX_EPOCHS}.")
+    col_batch.text_input("Batch size", key=f"{prefix}batch_size", disabled=disabled, persist_state=keep,
+                         help=f"Examples per step, from 1 to {MAX_BATCH_SIZE}.")
+    col_seed.text_input("Seed", key=f"{prefix}seed", disabled=disabled, persist_state=keep,
+                        help="Fixes model and adapter initialisation and the batch order.")
+    return config_from_widgets(prefix)

@@ -14,6 +14,7 @@ from tinylora.store import Run, RunStore, StoreError
 from tinylora.tasks import TASKS
 
 from .charts import forgetting_chart, learns_less_scatter
+from .controls import parse_whole_number, whole_number_box
 from .run_view import format_seconds
 
 GROUP_KEY = "forgetting_group"
@@ -47,24 +48,24 @@ def forgetting_controls(prefix: str, task_a: str, task_b: str) -> tuple[list[dic
     replay = st.slider("Replay: share of A's examples mixed into phase B", 0, int(100 * MAX_REPLAY_FRACTION), 25, 5,
                        format="%d%%", key=f"{prefix}replay", persist_state=keep)
     left, right = st.columns(2)
-    # No bounds on these boxes: Streamlit would keep the last valid value of an out-of-range entry, so the typed
-    # value goes to the forgetting job's validation, which names it and its range.
-    epochs_a = left.number_input("Epochs on A", value=6, step=1, key=f"{prefix}epochs_a", persist_state=keep)
-    epochs_b = right.number_input("Epochs on B", value=12, step=1, key=f"{prefix}epochs_b", persist_state=keep)
-    epochs_joint = left.number_input("Joint epochs", value=10, step=1, key=f"{prefix}epochs_joint",
-                                     persist_state=keep, help="Joint only: epochs over the mixed A and B training sets")
-    eval_every = right.number_input("Evaluate every (steps)", value=8, step=1, key=f"{prefix}eval_every",
-                                    persist_state=keep, help="0: only at the start and at the end of each phase")
+    # Text boxes: the forgetting job's validation names an out-of-range value and its range.
+    epochs_a = whole_number_box(left, "Epochs on A", 6, f"{prefix}epochs_a")
+    epochs_b = whole_number_box(right, "Epochs on B", 12, f"{prefix}epochs_b")
+    epochs_joint = whole_number_box(left, "Joint epochs", 10, f"{prefix}epochs_joint",
+                                    help="Joint only: epochs over the mixed A and B training sets")
+    eval_every = whole_number_box(right, "Evaluate every (steps)", 8, f"{prefix}eval_every",
+                                  help="0: only at the start and at the end of each phase")
     if not strategies:
         return [], "Pick at least one strategy."
     if task_a == task_b:
         return [], f"Task A and task B must differ; both are {task_a}."
-    params = []
-    for strategy in strategies:
-        params.append({**default_params(strategy), "task_a": task_a, "task_b": task_b, "epochs_a": int(epochs_a),
-                       "epochs_b": int(epochs_b), "epochs_joint": int(epochs_joint), "eval_every": int(eval_every),
-                       "replay_fraction": replay / 100})
     try:
+        counts = {"epochs_a": parse_whole_number(epochs_a, "epochs on A", 6),
+                  "epochs_b": parse_whole_number(epochs_b, "epochs on B", 12),
+                  "epochs_joint": parse_whole_number(epochs_joint, "joint epochs", 10),
+                  "eval_every": parse_whole_number(eval_every, "evaluate every", 8)}
+        params = [{**default_params(strategy), "task_a": task_a, "task_b": task_b, **counts,
+                   "replay_fraction": replay / 100} for strategy in strategies]
         return [jobs.validate_job("forgetting", p) for p in params], None
     except ValueError as error:
         return [], str(error)
@@ -245,12 +246,13 @@ def learns_less_controls(prefix: str, task_a: str, task_b: str) -> tuple[dict | 
     left, middle, right = st.columns([3, 1, 1])
     ranks = left.multiselect("LoRA ranks r", list(RANKS), default=list(defaults.ranks), key=f"{prefix}ranks",
                              persist_state=keep)
-    epochs = middle.number_input("Epochs on B", 1, 100, defaults.epochs, key=f"{prefix}epochs", persist_state=keep)
+    epochs = whole_number_box(middle, "Epochs on B", defaults.epochs, f"{prefix}epochs")
     full = right.checkbox("Full finetuning too", value=defaults.full, key=f"{prefix}full", persist_state=keep)
     if task_a == task_b:
         return None, f"Task A and task B must differ; both are {task_a}."
-    params = {"task_a": task_a, "task_b": task_b, "ranks": sorted(ranks), "full": full, "epochs": int(epochs)}
     try:
+        params = {"task_a": task_a, "task_b": task_b, "ranks": sorted(ranks), "full": full,
+                  "epochs": parse_whole_number(epochs, "epochs on B", defaults.epochs)}
         return jobs.validate_job("learns_less", params), None
     except ValueError as error:
         return None, str(error)

@@ -10,6 +10,8 @@ from tinylora.ray_executor import RAY_INSTALL, default_ray_address, ray_installe
 from tinylora.sweep import OPTUNA_INSTALL, SweepSpec, parse_axis_values
 from tinylora.tasks import TASKS
 
+from .controls import parse_whole_number, whole_number_box
+
 SEARCH_LABELS = {"grid": "Grid", "random": "Random", "tpe": "Optuna TPE"}
 EXECUTOR_LABELS = {"local": "This machine", "ray": "Ray cluster"}
 SCALING_LABELS = {False: "lora_alpha / r", True: "rsLoRA: lora_alpha / sqrt(r)"}
@@ -53,22 +55,16 @@ def sweep_controls(prefix: str = "sweep_") -> tuple[SweepSpec | None, str | None
     seeds_text = st.text_input("Seeds", str(dt.seed), key=f"{prefix}seeds", persist_state=keep,
                                help="Comma-separated seeds; every point trains once per seed, so several seeds "
                                     "give a mean and a spread.")
-    budget, sampler_seed = None, 0
+    budget, sampler_seed = None, "0"
     if search != "grid":
         col_budget, col_seed = st.columns(2)
-        # Unbounded boxes here and below: Streamlit would keep the last valid value of an out-of-range entry,
-        # so the typed value goes to SweepSpec.validate, which names it and its range.
-        budget = col_budget.number_input("Budget (points)", value=8, step=1, key=f"{prefix}budget",
-                                         persist_state=keep)
-        sampler_seed = col_seed.number_input("Sampler seed", value=0, step=1, key=f"{prefix}sampler_seed",
-                                             persist_state=keep)
+        budget = whole_number_box(col_budget, "Budget (points)", 8, f"{prefix}budget")
+        sampler_seed = whole_number_box(col_seed, "Sampler seed", 0, f"{prefix}sampler_seed")
     with st.expander("Every run"):
         col_epochs, col_batch = st.columns(2)
-        epochs = col_epochs.number_input("Epochs", value=dt.epochs, step=1, key=f"{prefix}epochs", persist_state=keep)
-        batch_size = col_batch.number_input("Batch size", value=dt.batch_size, step=1, key=f"{prefix}batch_size",
-                                            persist_state=keep)
-        n_train = st.number_input("Training examples", value=dt.n_train, step=256, key=f"{prefix}n_train",
-                                  persist_state=keep)
+        epochs = whole_number_box(col_epochs, "Epochs", dt.epochs, f"{prefix}epochs")
+        batch_size = whole_number_box(col_batch, "Batch size", dt.batch_size, f"{prefix}batch_size")
+        n_train = whole_number_box(st, "Training examples", dt.n_train, f"{prefix}n_train")
         quant_modules = st.selectbox("QLoRA quantizes", ["all", "targets"], key=f"{prefix}quant_modules",
                                      persist_state=keep, format_func={"all": "every frozen block linear",
                                                                       "targets": "only the LoRA targets"}.get)
@@ -89,12 +85,14 @@ def sweep_controls(prefix: str = "sweep_") -> tuple[SweepSpec | None, str | None
         for axis, text in texts.items():
             axes[axis] = parse_axis_values(axis, text)
         axes["seed"] = parse_axis_values("seed", seeds_text)
-        base = dataclasses.replace(d, train=dataclasses.replace(dt, epochs=int(epochs), batch_size=int(batch_size),
-                                                                n_train=int(n_train)),
-                                   quant=QuantOptions(modules=quant_modules))
-        spec = SweepSpec(base=base, axes=axes, search=search, budget=int(budget) if budget is not None else None,
-                         sampler_seed=int(sampler_seed), executor=executor, ray_address=ray_address.strip(),
-                         name=name.strip())
+        train = dataclasses.replace(dt, epochs=parse_whole_number(epochs, "epochs", dt.epochs),
+                                    batch_size=parse_whole_number(batch_size, "batch size", dt.batch_size),
+                                    n_train=parse_whole_number(n_train, "training examples", dt.n_train))
+        base = dataclasses.replace(d, train=train, quant=QuantOptions(modules=quant_modules))
+        spec = SweepSpec(base=base, axes=axes, search=search,
+                         budget=parse_whole_number(budget, "budget", 8) if budget is not None else None,
+                         sampler_seed=parse_whole_number(sampler_seed, "sampler seed", 0), executor=executor,
+                         ray_address=ray_address.strip(), name=name.strip())
         if executor == "ray" and not ray_installed():
             raise ValueError(f"the Ray executor needs Ray, which is not installed; install it with `{RAY_INSTALL}`")
         return spec.validate(), None
