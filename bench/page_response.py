@@ -28,7 +28,7 @@ STEPS = {
         ("target modules", "selectbox", "params_targets", "all"),
         ("method", "selectbox", "params_method", "lora"),
         ("calculator preset", "selectbox", "calc_preset", "Llama-3-8B"),
-        ("calculator hidden size", "number_input", "calc_hidden_size", 5120),
+        ("calculator hidden size", "text_input", "calc_hidden_size", "5120"),
     ],
 }
 

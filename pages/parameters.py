@@ -10,6 +10,7 @@ from tinylora.quant import BLOCK_SIZES
 from ui import cached
 from ui.charts import breakdown_chart, memory_chart, trainable_parameters_chart
 from ui.common import page_header
+from ui.controls import parse_whole_number, whole_number_box
 
 KEEP = "session"
 BYTE_COLUMNS = {"frozen_base_bytes": "frozen base", "trainable_bytes": "trainable weights",
@@ -99,14 +100,14 @@ def load_preset() -> None:
     preset = PRESETS.get(st.session_state.calc_preset)
     if preset is not None:
         for field in CALCULATOR_FIELDS:
-            st.session_state[f"calc_{field}"] = getattr(preset, field)
+            st.session_state[f"calc_{field}"] = str(getattr(preset, field))
         st.session_state.calc_dtype = preset.torch_dtype
         st.session_state.calc_tied = preset.tie_word_embeddings
 
 
 first = next(iter(PRESETS.values()))
 for field in CALCULATOR_FIELDS:
-    st.session_state.setdefault(f"calc_{field}", getattr(first, field))
+    st.session_state.setdefault(f"calc_{field}", str(getattr(first, field)))
 st.session_state.setdefault("calc_dtype", first.torch_dtype)
 st.session_state.setdefault("calc_tied", first.tie_word_embeddings)
 
@@ -118,11 +119,17 @@ target_names = {"q_proj+v_proj": ATTENTION_TARGETS, "every linear": ALL_LINEAR_T
 calc_targets = target_names[col_targets.selectbox("Target modules", list(target_names), key="calc_targets")]
 calc_block = col_block.selectbox("NF4 block size", BLOCK_SIZES, index=BLOCK_SIZES.index(64), key="calc_block_size")
 columns = [*st.columns(4), *st.columns(4, vertical_alignment="bottom")]
-values = {field: int(column.number_input(label, min_value=1, step=1, key=f"calc_{field}"))
-          for column, (field, label) in zip(columns, CALCULATOR_FIELDS.items())}
+texts = {field: whole_number_box(column, label, getattr(first, field), f"calc_{field}")
+         for column, (field, label) in zip(columns, CALCULATOR_FIELDS.items())}
 dtype = columns[-2].selectbox("Checkpoint dtype", list(DTYPE_BYTES), key="calc_dtype")
 tied = columns[-1].checkbox("Tied embeddings", key="calc_tied", help="The LM head shares the embedding matrix.")
 
+try:
+    values = {field: parse_whole_number(text, CALCULATOR_FIELDS[field], getattr(first, field))
+              for field, text in texts.items()}
+except ValueError as error:
+    st.error(str(error), icon=":material/error:")
+    st.stop()
 preset = PRESETS.get(preset_name)
 matches = preset is not None and all(getattr(preset, f) == v for f, v in values.items()) \
     and preset.torch_dtype == dtype and preset.tie_word_embeddings == tied

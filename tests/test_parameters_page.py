@@ -37,12 +37,17 @@ def test_parameters_charts_follow_settings(home):
 def test_calculator_presets_and_custom_values(home):
     at = page("parameters.py").run()
     at.selectbox(key="calc_preset").set_value("Llama-3-8B").run()
-    assert at.number_input(key="calc_vocab_size").value == 128_256
-    assert at.number_input(key="calc_num_key_value_heads").value == 8
+    assert at.text_input(key="calc_vocab_size").value == "128256"
+    assert at.text_input(key="calc_num_key_value_heads").value == "8"
     assert "Llama-3-8B" in chart_by_title(at, "Training memory of Llama")["layout"]["title"]["text"]
 
-    at.number_input(key="calc_hidden_size").set_value(2048).run()
+    at.text_input(key="calc_hidden_size").input("2048").run()
     assert chart_by_title(at, "Training memory of Custom")
-    at.number_input(key="calc_num_key_value_heads").set_value(5).run()
+    at.text_input(key="calc_num_key_value_heads").input("5").run()
     assert not at.exception
     assert any("must be a multiple of num_key_value_heads (5)" in error.value for error in at.error)
+    # A value a number box with a minimum would have replaced silently is named.
+    at.text_input(key="calc_num_key_value_heads").input("0").run()
+    assert any("must be a whole number >= 1, got 0" in error.value for error in at.error), [e.value for e in at.error]
+    at.text_input(key="calc_hidden_size").input("4k").run()
+    assert any("hidden size '4k' is not a whole number" in error.value for error in at.error)
