@@ -37,11 +37,13 @@ def adapters_controls(prefix: str) -> tuple[dict | None, str | None]:
     tasks = st.multiselect("Tasks (one adapter each)", list(TASKS), default=["odd_majority", "first_lt_last"],
                            key=f"{prefix}tasks", persist_state=keep,
                            help="Each task gets its own LoRA adapter and head over the same frozen base.")
-    left, right = st.columns(2)
+    # One row of columns per pair, bottom-aligned, so the boxes line up under a label that wraps.
+    left, right = st.columns(2, vertical_alignment="bottom")
     # No min_value or max_value on lora_alpha: Streamlit would keep the last valid value of an out-of-range
     # entry, so the typed value goes to AdaptersSpec.validate, which names it and its range.
     r = whole_number_box(left, "r (rank)", 4, f"{prefix}r")
     alpha = right.number_input("lora_alpha", value=8.0, step=1.0, key=f"{prefix}alpha", persist_state=keep)
+    left, right = st.columns(2, vertical_alignment="bottom")
     epochs = whole_number_box(left, "Epochs per adapter", 8, f"{prefix}epochs")
     seed = whole_number_box(right, "Seed", 0, f"{prefix}seed",
                             help="Fixes the base, each adapter's initialisation and the batch order")
@@ -50,9 +52,9 @@ def adapters_controls(prefix: str) -> tuple[dict | None, str | None]:
     if len(tasks) < 2:
         return None, "Pick at least two tasks: the matrix compares each adapter on the other adapters' tasks."
     try:
+        train = {"epochs": parse_whole_number(epochs, "epochs", 8), "seed": parse_whole_number(seed, "seed", 0)}
         params = {"tasks": tasks, "lora": {"r": parse_whole_number(r, "r", 4), "lora_alpha": float(alpha)},
-                  "train": {"epochs": parse_whole_number(epochs, "epochs", 8), "seed": parse_whole_number(seed, "seed", 0)},
-                  "quant": None if storage == "float32" else storage}
+                  "train": train, "quant": None if storage == "float32" else storage}
         return AdaptersSpec.from_params(params).to_params(), None
     except ValueError as error:
         return None, str(error)

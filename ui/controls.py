@@ -173,7 +173,7 @@ def run_config_controls(prefix: str = "train_", disabled: bool = False) -> tuple
 
     st.text_input("Learning rate", key=f"{prefix}lr", disabled=disabled, persist_state=keep,
                   help="AdamW learning rate, e.g. 5e-3.")
-    col_epochs, col_batch, col_seed = st.columns(3)
+    col_epochs, col_batch, col_seed = st.columns(3, vertical_alignment="bottom")  # boxes line up under wrapped labels
     col_epochs.text_input("Epochs", key=f"{prefix}epochs", disabled=disabled, persist_state=keep,
                           help=f"Passes over the training examples, from 1 to {MAX_EPOCHS}.")
     col_batch.text_input("Batch size", key=f"{prefix}batch_size", disabled=disabled, persist_state=keep,

@@ -47,10 +47,12 @@ def forgetting_controls(prefix: str, task_a: str, task_b: str) -> tuple[list[dic
                                      + ". Each strategy runs as its own job; they share the training slots.")
     replay = st.slider("Replay: share of A's examples mixed into phase B", 0, int(100 * MAX_REPLAY_FRACTION), 25, 5,
                        format="%d%%", key=f"{prefix}replay", persist_state=keep)
-    left, right = st.columns(2)
-    # Text boxes: the forgetting job's validation names an out-of-range value and its range.
+    # Text boxes: the forgetting job's validation names an out-of-range value and its range. One row of
+    # columns per pair, bottom-aligned, so the boxes line up under a label that wraps.
+    left, right = st.columns(2, vertical_alignment="bottom")
     epochs_a = whole_number_box(left, "Epochs on A", 6, f"{prefix}epochs_a")
     epochs_b = whole_number_box(right, "Epochs on B", 12, f"{prefix}epochs_b")
+    left, right = st.columns(2, vertical_alignment="bottom")
     epochs_joint = whole_number_box(left, "Joint epochs", 10, f"{prefix}epochs_joint",
                                     help="Joint only: epochs over the mixed A and B training sets")
     eval_every = whole_number_box(right, "Evaluate every (steps)", 8, f"{prefix}eval_every",
