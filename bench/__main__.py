@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import suite
+from . import suite, two_cores
 from .report import render, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "two_cores" in sections:
         print("two cores", flush=True)
-        results["two_cores"] = suite.two_cores(methods, args.reps, args.epochs)
+        results["two_cores"] = two_cores.two_cores(methods, args.reps, args.epochs)
     if "lab" in sections:
         print("lab", flush=True)
         results["lab"] = suite.lab(args.reps, threads[0])

@@ -64,14 +64,14 @@ def test_interleaved_runs_train_as_alone():
 
 def test_two_cores_section_times_every_contender():
     """The two-core section runs the split contender with its own process count and leaves the process as it was."""
-    from bench import suite
+    from bench import two_cores
     from bench.report import _two_cores
     from tinylora.split_step import step_processes
 
-    figures = suite.two_cores(["lora"], reps=1, epochs=1)
+    figures = two_cores.two_cores(["lora"], reps=1, epochs=1)
 
     entry = figures["lora"]
-    assert list(entry) == [name for name, *_ in suite.SPLIT_CONTENDERS]
+    assert list(entry) == [name for name, *_ in two_cores.SPLIT_CONTENDERS]
     for name, e in entry.items():
         assert e["step_ms"]["median"] > 0
         assert len(e["accuracies"]) == 1
