@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from browser_support import chromium_page, streamlit_server  # noqa: E402
-from tinylora import jobs  # noqa: E402
+from tinylora import capacity, jobs  # noqa: E402
 from tinylora.config import RunConfig, TrainConfig  # noqa: E402
 from tinylora.store import RunStore  # noqa: E402
 
@@ -138,8 +138,8 @@ def main() -> int:
     result = {
         "command": "python bench/app_latency.py " + " ".join(sys.argv[1:]),
         "load_average_at_end": os.getloadavg(),
-        "threads_per_run": jobs.threads_per_run(),
-        "step_processes_per_run": jobs.step_processes_per_run(),
+        "threads_per_run": capacity.threads_per_run(),
+        "step_processes_per_run": capacity.step_processes_per_run(),
         "first_point_seconds": [b["first_point_seconds"] for b in browser],
         "first_point_median": statistics.median(b["first_point_seconds"] for b in browser
                                                 if b["first_point_seconds"] is not None),

@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import wait_for
-from tinylora import jobs
+from tinylora import capacity, jobs
 from tinylora.adapters import load_adapters
 from tinylora.experiments import ADAPTERS_DIR
 from tinylora.forgetting import default_params
@@ -25,7 +25,7 @@ def test_three_kinds_finish_in_workers(store):
     runs = {kind: store.get_run(run_id) for kind, run_id in ids.items()}
     for kind, run in runs.items():
         assert run.status == "finished", (kind, run.message)
-        assert run.summary["threads"] == jobs.threads_per_run(), kind
+        assert run.summary["threads"] == capacity.threads_per_run(), kind
 
     adapters = runs["adapters"]
     model = load_adapters(store.run_dir(adapters.id) / ADAPTERS_DIR)

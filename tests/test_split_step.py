@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from tinylora import jobs, split_step
+from tinylora import capacity, split_step
 from tinylora.config import RunConfig, TrainConfig
 from tinylora.fastpath import make_forward
 from tinylora.lora import LoRAConfig
@@ -170,14 +170,14 @@ def test_step_processes_accepts_one_or_two():
 
 def test_worker_policy(monkeypatch):
     monkeypatch.delenv("TINYLORA_STEP_PROCESSES", raising=False)
-    monkeypatch.setattr(jobs, "threads_per_run", lambda: 1)
+    monkeypatch.setattr(capacity, "threads_per_run", lambda: 1)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    assert jobs.step_processes_per_run() == 2
-    assert jobs.step_processes_per_run(grouped=True) == 1
-    monkeypatch.setattr(jobs, "threads_per_run", lambda: 2)
-    assert jobs.step_processes_per_run() == 1
+    assert capacity.step_processes_per_run() == 2
+    assert capacity.step_processes_per_run(grouped=True) == 1
+    monkeypatch.setattr(capacity, "threads_per_run", lambda: 2)
+    assert capacity.step_processes_per_run() == 1
     monkeypatch.setenv("TINYLORA_STEP_PROCESSES", "1")
-    monkeypatch.setattr(jobs, "threads_per_run", lambda: 1)
-    assert jobs.step_processes_per_run() == 1
+    monkeypatch.setattr(capacity, "threads_per_run", lambda: 1)
+    assert capacity.step_processes_per_run() == 1
     monkeypatch.setenv("TINYLORA_STEP_PROCESSES", "3")
-    assert jobs.step_processes_per_run() == 2  # ignored with a warning
+    assert capacity.step_processes_per_run() == 2  # ignored with a warning

@@ -17,7 +17,6 @@ and take none of the `max_runs()` training slots.
 import fcntl
 import importlib
 import logging
-import os
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .capacity import step_processes_per_run, threads_per_run
 from .store import RunStore, StoreError
 
 log = logging.getLogger("tinylora.jobs")
@@ -48,28 +48,6 @@ COORDINATOR_KINDS = ("sweep",)  # kinds that start other runs and train nothing 
 FLUSH_SECONDS = 0.1  # how often a worker writes buffered events to the store
 STOP_POLL_SECONDS = 0.2  # how often a worker reads the stop flag
 HEARTBEAT_SECONDS = 2.0
-INTERRUPTED_CHECK_SECONDS = 2.0  # how often the runner looks for running runs whose worker is gone
-CLAIM_CHECK_SECONDS = 1.0  # maximum time between two looks for queued runs
-
-
-def _count_from_env(name: str) -> int | None:
-    """Return the whole number >= 1 in environment variable `name`; None, with a warning if set, otherwise."""
-    value = os.environ.get(name)
-    if not value:
-        return None
-    try:
-        n = int(value)
-        if n >= 1:
-            return n
-    except ValueError:
-        pass
-    log.warning("ignoring %s=%r: it must be a whole number >= 1", name, value)
-    return None
-
-
-def max_runs() -> int:
-    """Concurrent runs allowed: `$TINYLORA_MAX_RUNS`, or one per CPU core."""
-    return _count_from_env("TINYLORA_MAX_RUNS") or max(1, os.cpu_count() or 1)
 
 
 def busy_slots(store: RunStore) -> int:
@@ -213,13 +191,13 @@ def submit(store: RunStore, kind: str, params: dict[str, Any], owner: str = "", 
 # The runner
 
 
-def _lock_path(home: Path) -> Path:
+def lock_path(home: Path) -> Path:
     return home / "runner.lock"
 
 
 def runner_alive(home: Path) -> bool:
     """Check whether a process holds the runner lock of `home`."""
-    path = _lock_path(home)
+    path = lock_path(home)
     if not path.exists():
         return False
     with open(path, "a") as f:
@@ -236,7 +214,7 @@ def runner_pid(home: Path) -> int | None:
     if not runner_alive(home):
         return None
     try:
-        return int(_lock_path(home).read_text().strip())
+        return int(lock_path(home).read_text().strip())
     except (OSError, ValueError):
         return None
 
@@ -268,110 +246,6 @@ def started_runner(home: Path) -> subprocess.Popen | None:
     return process if process is not None and process.poll() is None else None
 
 
-class Runner:
-    """Starts queued runs in forked workers, at most `max_runs()` training runs at a time, and reaps them."""
-
-    def __init__(self, home: Path, idle_exit: float = 600.0, poll: float = 0.05):
-        self.store = RunStore(home)
-        self.idle_exit = idle_exit
-        self.poll = poll
-        self.children: dict[int, str] = {}  # worker pid -> run id
-        self.coordinators: set[int] = set()  # pids of the children that run a coordinator kind
-        self.lock = None
-
-    def acquire_lock(self) -> bool:
-        """Take the data directory's runner lock and record this pid in it; False when another runner holds it.
-
-        Call this before any slow import: until a runner holds the lock, every page load starts another one.
-        """
-        lock = open(_lock_path(self.store.home), "a")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            log.info("another runner holds %s; exiting", _lock_path(self.store.home))
-            return False
-        lock.truncate(0)
-        lock.write(str(os.getpid()))
-        lock.flush()
-        self.lock = lock
-        return True
-
-    def run_forever(self) -> None:
-        if self.lock is None and not self.acquire_lock():
-            return
-        log.info("runner %d started for %s (max %d runs)", os.getpid(), self.store.home, max_runs())
-        self.store.mark_interrupted()
-        idle_since = last_check = last_claim = time.monotonic()
-        last_signature = None
-        while True:
-            reaped = self.reap()
-            if time.monotonic() - last_check >= INTERRUPTED_CHECK_SECONDS:
-                # Workers of a runner that died are nobody's children: find the ones that are gone too.
-                for run_id in self.store.mark_interrupted():
-                    log.warning("run %s interrupted: its worker process is gone", run_id)
-                last_check = time.monotonic()
-            # Look for queued runs only when the database changed or a slot freed up (and once a second in any
-            # case): the queries cost a share of a core at this polling rate, which a training worker lacks.
-            signature = self.store.file_signature()
-            started = False
-            if reaped or signature != last_signature or time.monotonic() - last_claim >= CLAIM_CHECK_SECONDS:
-                last_signature, last_claim = signature, time.monotonic()
-                started = self.start_queued()
-            if self.children or started:
-                idle_since = time.monotonic()
-            elif time.monotonic() - idle_since > self.idle_exit:
-                log.info("runner %d idle for %.0f s; exiting", os.getpid(), self.idle_exit)
-                return
-            time.sleep(self.poll)
-
-    def start_queued(self) -> bool:
-        started = False
-        while (run := self.store.claim_next(os.getpid(), kinds=COORDINATOR_KINDS)) is not None:
-            self.coordinators.add(self._fork(run))
-            started = True
-        while busy_slots(self.store) < max_runs():
-            run = self.store.claim_next(os.getpid(), exclude_kinds=COORDINATOR_KINDS)
-            if run is None:
-                break
-            self._fork(run)
-            started = True
-        return started
-
-    def _fork(self, run) -> int:
-        pid = os.fork()
-        if pid == 0:
-            # The worker must not keep the runner's lock alive after the runner exits.
-            self.lock.close()
-            code = 1
-            try:
-                code = execute(self.store, run.id, run.kind, run.config)
-            finally:
-                os._exit(code)
-        self.store.set_pid(run.id, pid)
-        self.children[pid] = run.id
-        log.info("run %s (%s) started in worker %d", run.id, run.kind, pid)
-        return pid
-
-    def reap(self) -> bool:
-        """Collect the workers that exited, failing any run whose worker ended before it did; True if any did."""
-        reaped = False
-        for pid, run_id in list(self.children.items()):
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if not done:
-                continue
-            reaped = True
-            del self.children[pid]
-            self.coordinators.discard(pid)
-            if os.WIFSIGNALED(status):
-                reason = f"the worker process was killed by signal {os.WTERMSIG(status)}"
-            else:
-                reason = f"the worker process exited with code {os.WEXITSTATUS(status)}"
-            if self.store.finish_run(run_id, "failed", reason + " before the run ended", only_if_active=True):
-                log.error("run %s failed: %s", run_id, reason)
-        return reaped
-
-
 def throttled_stop_flag(read: Callable[[], bool]) -> Callable[[], bool]:
     """Return a function that calls `read` at most every STOP_POLL_SECONDS and stays True once `read` was."""
     last_poll, stop = 0.0, False
@@ -385,35 +259,6 @@ def throttled_stop_flag(read: Callable[[], bool]) -> Callable[[], bool]:
         return stop
 
     return should_stop
-
-
-def threads_per_run() -> int:
-    """Intra-op threads of each worker: `$TINYLORA_THREADS`, or the cores divided among `max_runs()` runs.
-
-    The count is fixed by configuration, never by the load of the moment, because the fast training path's
-    float sums (and so a run's low bits) depend on it: the same seed on the same settings gives the same
-    numbers. With the defaults on 2 cores every run gets one thread, which also leaves a core for the
-    browser and the server; two OpenMP threads on a busy core were measured several times slower than one.
-    """
-    return _count_from_env("TINYLORA_THREADS") or max(1, (os.cpu_count() or 1) // max_runs())
-
-
-def step_processes_per_run(grouped: bool = False) -> int:
-    """Processes that share each training step of a run: `$TINYLORA_STEP_PROCESSES` (1 or 2), or the default.
-
-    By default a run that has one thread on a machine with two or more cores splits its steps over two
-    processes (see tinylora.split_step). A run in a group keeps one process, because the group's runs (a
-    sweep's points, the Forgetting page's strategies, the Quantization page's schemes) already train side by
-    side. Like the thread count, this follows from configuration only, because it changes a run's last bits.
-    """
-    count = _count_from_env("TINYLORA_STEP_PROCESSES")
-    if count is not None and count > 2:
-        log.warning("ignoring TINYLORA_STEP_PROCESSES=%d: it must be 1 or 2", count)
-        count = None
-    if count is not None:
-        return count
-    forks = hasattr(os, "fork")  # the helper process is a fork
-    return 2 if forks and not grouped and threads_per_run() == 1 and (os.cpu_count() or 1) >= 2 else 1
 
 
 def execute(store: RunStore, run_id: str, kind: str, params: dict[str, Any]) -> int:

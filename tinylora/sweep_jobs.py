@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import jobs
+from .capacity import max_runs
 from .config import RunConfig
 from .store import Run, RunStore
 from .sweep import RANGE_AXES, Range, SweepSpec
@@ -46,7 +47,7 @@ class LocalExecutor:
         self.store, self.group_id, self.owner = store, group_id, owner
 
     def slots(self) -> int:
-        return jobs.max_runs()
+        return max_runs()
 
     def submit(self, config: RunConfig) -> str:
         return jobs.submit(self.store, "train", config.to_dict(), owner=self.owner, group_id=self.group_id)

@@ -5,7 +5,8 @@ import time
 import streamlit as st
 
 from tinylora.config import METHOD_LABELS
-from tinylora.jobs import HEARTBEAT_SECONDS, busy_slots, max_runs
+from tinylora.capacity import max_runs
+from tinylora.jobs import HEARTBEAT_SECONDS, busy_slots
 from tinylora.progress import RunProgress, read_progress
 from tinylora.store import RunStore, StoreError
 
