@@ -17,7 +17,8 @@ from tinylora.quant import SCHEMES
 from tinylora.store import Run, RunStore, StoreError
 from tinylora.tasks import TASKS, make_data
 
-from .charts import accuracy_chart, adapter_matrix_heatmap, mix_chart
+from .charts import accuracy_chart
+from .experiment_charts import adapter_matrix_heatmap, mix_chart
 from .controls import parse_whole_number, whole_number_box
 from .run_view import REFRESH_SECONDS, format_seconds
 

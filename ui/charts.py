@@ -1,10 +1,12 @@
-"""Plotly figures shared by the pages."""
+"""Plotly figures shared by the pages: training curves, quantization, parameters and memory, runs and sweeps.
+
+The experiment pages' figures are in `ui.experiment_charts`.
+"""
 
 import math
 import textwrap
 
 import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -12,7 +14,8 @@ ORANGES = ["#FDD0A2", "#FDAE6B", "#FD8D3C", "#E6550D", "#A63603"]  # light to da
 COLORS = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D"]
 
 
-def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, height: int = 320) -> go.Figure:
+def base_layout(fig: go.Figure, title: str, x_title: str, y_title: str, height: int = 320) -> go.Figure:
+    """Give `fig` the pages' common title, size, margins and axis titles, and return it."""
     fig.update_layout(title=dict(text=title, x=0, font=dict(size=15)), height=height,
                       margin=dict(l=10, r=10, t=40, b=10), xaxis_title=x_title, yaxis_title=y_title,
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
@@ -26,7 +29,7 @@ def loss_chart(series: dict[str, tuple[list[float], list[float]]], title: str = 
     for i, (name, (steps, losses)) in enumerate(series.items()):
         fig.add_trace(go.Scatter(x=steps, y=losses, mode="lines", name=name,
                                  line=dict(color=COLORS[i % len(COLORS)], width=1.6)))
-    fig = _layout(fig, title, "step", "cross-entropy loss")
+    fig = base_layout(fig, title, "step", "cross-entropy loss")
     fig.update_layout(showlegend=len(series) > 1)
     fig.update_yaxes(rangemode="tozero")  # a loss is never negative
     if not any(len(steps) for steps, _ in series.values()):
@@ -44,7 +47,7 @@ def accuracy_chart(series: dict[str, tuple[list[float], list[float]]], title: st
                                  line=dict(color=COLORS[i % len(COLORS)], width=2), marker=dict(size=7)))
     fig.add_hline(y=0.5, line=dict(color="#999", dash="dot", width=1), annotation_text="chance",
                   annotation_position="bottom right")
-    fig = _layout(fig, title, x_title, "accuracy")
+    fig = base_layout(fig, title, x_title, "accuracy")
     fig.update_yaxes(range=[0.0, 1.02])
     fig.update_layout(showlegend=len(series) > 1)
     if x_title == "epoch":
@@ -56,7 +59,7 @@ def accuracy_chart(series: dict[str, tuple[list[float], list[float]]], title: st
     return fig
 
 
-def _legend_under_title(fig: go.Figure, top: int = 80) -> go.Figure:
+def legend_under_title(fig: go.Figure, top: int = 80) -> go.Figure:
     """Put a horizontal legend between the title and the plot, so the two never overlap."""
     fig.update_layout(title=dict(y=1.0, yanchor="top", yref="container", pad=dict(t=8)),
                       margin=dict(t=top), hovermode="closest",
@@ -111,10 +114,10 @@ def sqnr_chart(table) -> go.Figure:
         fig.add_trace(go.Bar(x=rows.layer.tolist(), y=rows.sqnr_db.tolist(), name=label,
                              marker_color=COLORS[i % len(COLORS)],
                              hovertemplate="%{x}: %{y:.1f} dB<extra>" + label + "</extra>"))
-    fig = _layout(fig, "Signal-to-quantization-noise ratio per layer (higher is better)", "layer",
+    fig = base_layout(fig, "Signal-to-quantization-noise ratio per layer (higher is better)", "layer",
                   "SQNR (dB)")
     fig.update_layout(barmode="group")
-    _legend_under_title(fig)
+    legend_under_title(fig)
     fig.update_xaxes(tickangle=-45)
     return fig
 
@@ -144,10 +147,10 @@ def nf4_levels_chart(layer_weights: np.ndarray, block: dict, bins: int = 80) -> 
         ys += [0.0, top, None]
     fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"16 NF4 levels × absmax {absmax:.3f}",
                              line=dict(color=COLORS[3], width=1.5, dash="dot"), hoverinfo="skip"))
-    fig = _layout(fig, f"NF4 levels over the weights of {block['layer']}, block {block['block_index']} of "
+    fig = base_layout(fig, f"NF4 levels over the weights of {block['layer']}, block {block['block_index']} of "
                        f"{block['n_blocks']}", "weight value", "density")
     fig.update_layout(barmode="overlay", bargap=0)
-    _legend_under_title(fig)
+    legend_under_title(fig)
     return fig
 
 
@@ -173,11 +176,11 @@ def accuracy_bars(groups: dict[str, dict[str, float | None]], float_acc: float,
                              hovertemplate="%{x}<br>accuracy %{y:.3f}<extra>" + stage + "</extra>"))
     fig.add_hline(y=float_acc, line=dict(color="#777777", dash="dash", width=1))
     fig.add_hline(y=0.5, line=dict(color="#999", dash="dot", width=1))
-    fig = _layout(fig, title, "frozen base storage", "validation accuracy<br>(dashed: float32, dotted: chance)",
+    fig = base_layout(fig, title, "frozen base storage", "validation accuracy<br>(dashed: float32, dotted: chance)",
                   height=380)
     fig.update_yaxes(range=[0.0, 1.02])
     fig.update_layout(barmode="group")
-    _legend_under_title(fig)
+    legend_under_title(fig)
     return fig
 
 
@@ -207,11 +210,11 @@ def trainable_parameters_chart(table) -> go.Figure:
                              customdata=rows.percent_of_full.tolist(),
                              hovertemplate="%{x}: %{y:,} trainable, %{customdata:.2f}% of full<extra>" + name
                                            + "</extra>"))
-    fig = _layout(fig, "Trainable parameters (bar labels: % of full finetuning)", "method and rank r",
+    fig = base_layout(fig, "Trainable parameters (bar labels: % of full finetuning)", "method and rank r",
                   "trainable parameters (log scale)", height=420)
     fig.update_yaxes(type="log", range=[3, 6.3], tickformat=",d")
     fig.update_layout(barmode="group")
-    _legend_under_title(fig)
+    legend_under_title(fig)
     return fig
 
 
@@ -240,11 +243,11 @@ def memory_chart(table, title: str, unit: str = "KiB") -> go.Figure:
                              mode="text", showlegend=False,
                              text=[f"{v / scale:,.1f} {unit}" for v in table.total_bytes], textposition="top center",
                              hoverinfo="skip"))
-    fig = _layout(fig, title, "method", f"training memory ({unit})", height=420)
+    fig = base_layout(fig, title, "method", f"training memory ({unit})", height=420)
     fig.update_xaxes(tickangle=0)
     fig.update_yaxes(range=[0, float(table.total_bytes.max()) / scale * 1.15])
     fig.update_layout(barmode="stack")
-    _legend_under_title(fig)
+    legend_under_title(fig)
     return fig
 
 
@@ -259,9 +262,9 @@ def breakdown_chart(table) -> go.Figure:
         rows = table[table.role == role]
         fig.add_trace(go.Bar(x=rows.layer.tolist(), y=(rows.bytes / 1024).tolist(), name=role, marker_color=COLORS[i],
                              hovertemplate="%{x}<br>" + role + ": %{y:,.2f} KiB<extra></extra>"))
-    fig = _layout(fig, "Bytes stored per layer", "layer", "stored (KiB)", height=380)
+    fig = base_layout(fig, "Bytes stored per layer", "layer", "stored (KiB)", height=380)
     fig.update_layout(barmode="stack")
-    _legend_under_title(fig)
+    legend_under_title(fig)
     fig.update_xaxes(tickangle=-45)
     return fig
 
@@ -289,7 +292,7 @@ def overlay_chart(series: dict[str, tuple[list[float], list[float], list[float] 
     if chance is not None:
         fig.add_hline(y=chance, line=dict(color="#999", dash="dot", width=1), annotation_text="chance",
                       annotation_position="bottom right")
-    fig = _layout(fig, title, x_title, y_title, height=360)
+    fig = base_layout(fig, title, x_title, y_title, height=360)
     if y_range is not None:
         fig.update_yaxes(range=list(y_range))
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0))
@@ -311,7 +314,7 @@ def sweep_heatmap(data, x_title: str, y_title: str, x_labels: list[str], y_label
         hovertemplate=(f"{x_title} %{{x}}<br>{y_title} %{{y}}<br>mean accuracy %{{z:.3f}}<br>"
                        "std %{customdata[0]}<br>runs averaged %{customdata[1]}<extra></extra>"),
         xgap=2, ygap=2))
-    fig = _layout(fig, "Mean final validation accuracy", x_title, y_title, height=360)
+    fig = base_layout(fig, "Mean final validation accuracy", x_title, y_title, height=360)
     fig.update_layout(hovermode="closest")
     fig.update_xaxes(type="category")
     fig.update_yaxes(type="category")
@@ -363,7 +366,7 @@ def accuracy_params_chart(accuracy, trainable) -> go.Figure:
                                  line=dict(color="#888", dash="dash", width=1.4),
                                  marker=dict(symbol=["square", "diamond", "triangle-up", "x"][i % 4], size=7),
                                  hovertemplate="r %{x}<br>%{y:,} trainable<extra>%{fullData.name}</extra>"))
-    fig = _layout(fig, "Accuracy and trainable parameters against r", "r", "mean final validation accuracy",
+    fig = base_layout(fig, "Accuracy and trainable parameters against r", "r", "mean final validation accuracy",
                   height=380)
     # The accuracy axis covers every error bar.
     spreads = accuracy["acc_std"].astype("float64").fillna(0.0)
@@ -377,143 +380,4 @@ def accuracy_params_chart(accuracy, trainable) -> go.Figure:
                       yaxis2=dict(title="trainable parameters", overlaying="y", side="right", showgrid=False,
                                   rangemode="tozero", tickmode="auto", tickformat=",d"),
                       margin=dict(l=10, r=10, t=40, b=10))
-    return fig
-
-
-# Adapters
-
-def adapter_matrix_heatmap(row_labels: list[str], tasks: list[str], acc: list[list[float]]) -> go.Figure:
-    """Plot the accuracy of each adapter (row) on each task (column), every cell annotated with its value.
-
-    The colour runs from chance (0.5, pale) to 1.0 (dark); cells below chance share the palest colour.
-    """
-    # The cell text is formatted here, so it rounds exactly as the page's sentences about the same numbers do.
-    text = [[f"{value:.3f}" for value in row] for row in acc]
-    fig = go.Figure(go.Heatmap(
-        z=acc, x=tasks, y=row_labels, zmin=0.5, zmax=1.0, colorscale="Blues", text=text, texttemplate="%{text}",
-        textfont=dict(size=16), colorbar=dict(title=dict(text="accuracy")), xgap=2, ygap=2,
-        hovertemplate="%{y} on %{x}<br>validation accuracy %{text}<extra></extra>"))
-    fig = _layout(fig, "Validation accuracy: adapter (row) on task (column)", "evaluated on task", "",
-                  height=140 + 55 * len(row_labels))
-    fig.update_layout(hovermode="closest")
-    fig.update_xaxes(type="category", side="bottom", tickfont=dict(size=13))
-    fig.update_yaxes(type="category", autorange="reversed", tickfont=dict(size=13))  # the base last, at the bottom
-    return fig
-
-
-def mix_chart(weights: list[float], acc: dict[str, list[float]], weight: float, name_a: str,
-              name_b: str) -> go.Figure:
-    """Plot each task's accuracy of the mix (1 - w) * `name_a` + w * `name_b` against w, marking w = `weight`."""
-    fig = go.Figure()
-    nearest = min(range(len(weights)), key=lambda j: abs(weights[j] - weight))
-    # The highest value at the marked weight is labelled above its dot and the others below theirs, so that two
-    # close values do not print over each other.
-    highest = max(acc, key=lambda task: acc[task][nearest]) if acc else None
-    for i, (task, values) in enumerate(acc.items()):
-        color = COLORS[i % len(COLORS)]
-        fig.add_trace(go.Scatter(x=weights, y=values, mode="lines+markers", name=f"on {task}",
-                                 line=dict(color=color, width=2), marker=dict(size=6),
-                                 hovertemplate="w %{x:.2f}: accuracy %{y:.3f}<extra>on " + task + "</extra>"))
-        fig.add_trace(go.Scatter(x=[weights[nearest]], y=[values[nearest]], mode="markers+text", showlegend=False,
-                                 marker=dict(color=color, size=13, line=dict(color="white", width=2)),
-                                 text=[f"{values[nearest]:.3f}"],
-                                 textposition="top right" if task == highest else "bottom right",
-                                 textfont=dict(color=color, size=13), hoverinfo="skip", cliponaxis=False))
-    fig.add_vline(x=weight, line=dict(color="#555", dash="dash", width=1))
-    fig.add_hline(y=0.5, line=dict(color="#999", dash="dot", width=1), annotation_text="chance",
-                  annotation_position="bottom right")
-    fig = _layout(fig, f"Mixing {name_a} (w = 0) into {name_b} (w = 1)", f"weight w of {name_b}", "accuracy",
-                  height=340)
-    fig.update_xaxes(range=[-0.03, 1.12])
-    fig.update_yaxes(range=[0.0, 1.12])  # room above 1.0 for the label of a dot at the top
-    _legend_under_title(fig)
-    return fig
-
-
-# Forgetting
-
-def forgetting_chart(runs: list[tuple[str, pd.DataFrame, list[dict]]], tasks: list[str],
-                     overlay: bool = False) -> go.Figure:
-    """Plot the validation accuracy on every task against training step, for one or more forgetting runs.
-
-    `runs` lists (label, timeline, phases): a timeline has the columns step, task, acc and `phases` contains
-    {"phase", "tasks", "start", "end"} in steps. Each phase boundary is a vertical line, and each phase is
-    labelled above its span. Small multiples (the default) give each run a panel with one colour per
-    task. `overlay` draws every run on one chart: a colour per run, solid for the first task, dashed for others.
-    """
-    panels = 1 if overlay else max(1, len(runs))
-    columns = min(panels, 3)
-    rows = (panels + columns - 1) // columns
-    titles = None if overlay else [label for label, _, _ in runs] or None
-    fig = make_subplots(rows=rows, cols=columns, subplot_titles=titles, shared_yaxes=True,
-                        horizontal_spacing=0.04, vertical_spacing=0.22 / rows)
-    dashes = ["solid", "dash", "dot", "dashdot"]
-    for index, (label, timeline, phases) in enumerate(runs):
-        row, col = (1, 1) if overlay else (index // columns + 1, index % columns + 1)
-        for t, task in enumerate(tasks):
-            points = timeline[timeline.task == task]
-            color = COLORS[index % len(COLORS)] if overlay else COLORS[t % len(COLORS)]
-            name = f"{label}: {task}" if overlay else task
-            fig.add_trace(go.Scatter(
-                x=points.step.tolist(), y=points.acc.tolist(), mode="lines+markers", name=name,
-                legendgroup=name, showlegend=overlay or index == 0,
-                line=dict(color=color, width=2, dash=dashes[t % len(dashes)] if overlay else "solid"),
-                marker=dict(size=4), hovertemplate="step %{x}: accuracy %{y:.3f}<extra>" + name + "</extra>"),
-                row=row, col=col)
-        if index == 0 or not overlay:
-            _mark_phases(fig, phases, row, col)
-    fig.update_yaxes(range=[0.0, 1.12], title_text="accuracy", col=1)
-    fig.update_xaxes(title_text="training step", row=rows)
-    fig.update_annotations(font=dict(size=12))
-    fig.update_layout(title=dict(text="Validation accuracy on each task during training", x=0, font=dict(size=15)),
-                      height=200 + 260 * rows, margin=dict(l=10, r=10, t=70, b=40), uirevision="keep",
-                      hovermode="closest",
-                      legend=dict(orientation="h", x=0, xanchor="left", y=-0.2 / rows, yanchor="top"))
-    return fig
-
-
-def _mark_phases(fig: go.Figure, phases: list[dict], row: int, col: int) -> None:
-    """Draw a dashed line at each phase boundary and write each phase's name above its span."""
-    for i, phase in enumerate(phases):
-        if i > 0:
-            fig.add_vline(x=phase["start"], line=dict(color="#444", dash="dash", width=1.2), row=row, col=col)
-        fig.add_annotation(x=(phase["start"] + phase["end"]) / 2, y=1.06, text=f"phase {phase['phase']}",
-                           showarrow=False, font=dict(size=11, color="#444"), row=row, col=col)
-    fig.add_hline(y=0.5, line=dict(color="#999", dash="dot", width=1), row=row, col=col)
-
-
-def learns_less_scatter(points: pd.DataFrame, base: dict[str, float] | None, task_a: str,
-                        task_b: str) -> go.Figure:
-    """Plot the accuracy learned on B (x) against the accuracy kept on A (y), one point per run on B.
-
-    `points` has the columns run, method, r, trainable, acc_b, acc_a. `base` is the model finetuned on A
-    before any run on B, drawn as a star: the point every run starts from. Each run is its own legend entry,
-    because runs that learn little sit close together and on-chart labels would overlap.
-    """
-    fig = go.Figure()
-    hover = f"{task_b}: %{{x:.3f}}<br>{task_a}: %{{y:.3f}}"
-    if base is not None:
-        fig.add_trace(go.Scatter(x=[base[task_b]], y=[base[task_a]], mode="markers", name="start: finetuned on A",
-                                 marker=dict(symbol="star", size=17, color="#777"),
-                                 hovertemplate=f"finetuned on {task_a}, before {task_b}<br>{hover}<extra></extra>"))
-    ranks = [int(r) for r in points.r.dropna()]
-    for row in points.itertuples():
-        if row.method == "full":
-            name, marker = "full finetuning", dict(symbol="square", size=14, color="#333")
-        else:
-            # Darker orange for higher ranks, on a log scale from the lowest to the highest rank shown.
-            position = np.log2(row.r / min(ranks)) / max(1.0, np.log2(max(ranks) / min(ranks)))
-            name = f"LoRA r={row.r}"
-            marker = dict(size=13, color=ORANGES[round(position * (len(ORANGES) - 1))],
-                          line=dict(color="#333", width=1))
-        fig.add_trace(go.Scatter(x=[row.acc_b], y=[row.acc_a], mode="markers", name=name, marker=marker,
-                                 hovertemplate=f"{name} ({row.trainable:,} trainable)<br>{hover}<extra></extra>"))
-    fig.add_hline(y=0.5, line=dict(color="#999", dash="dot", width=1))
-    fig.add_vline(x=0.5, line=dict(color="#999", dash="dot", width=1))
-    fig = _layout(fig, f"Learned on B against kept on A (A: {task_a}, B: {task_b})",
-                  f"accuracy on B ({task_b}): learned", f"accuracy on A ({task_a}): kept", height=440)
-    fig.update_xaxes(range=[0.3, 1.04])
-    fig.update_yaxes(range=[0.3, 1.06])
-    fig.update_layout(hovermode="closest")
-    _legend_under_title(fig)
     return fig

@@ -13,7 +13,7 @@ from tinylora.forgetting import MAX_REPLAY_FRACTION, STRATEGIES, ForgettingSpec,
 from tinylora.store import Run, RunStore, StoreError
 from tinylora.tasks import TASKS
 
-from .charts import forgetting_chart, learns_less_scatter
+from .experiment_charts import forgetting_chart, learns_less_scatter
 from .controls import parse_whole_number, whole_number_box
 from .run_view import format_seconds
 
