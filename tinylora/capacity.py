@@ -36,7 +36,7 @@ def threads_per_run() -> int:
     The count is fixed by configuration, never by the load of the moment, because the fast training path's
     float sums (and so a run's low bits) depend on it: the same seed on the same settings gives the same
     numbers. With the defaults on 2 cores every run gets one thread, which also leaves a core for the
-    browser and the server; two OpenMP threads on a busy core were measured several times slower than one.
+    browser and the server. Two OpenMP threads on a busy core were measured several times slower than one.
     """
     return count_from_env("TINYLORA_THREADS") or max(1, (os.cpu_count() or 1) // max_runs())
 

@@ -42,7 +42,7 @@ class Runner:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
-            log.info("another runner holds %s; exiting", lock_path(self.store.home))
+            log.info("lock %s is taken by another runner; exiting", lock_path(self.store.home))
             return False
         lock.truncate(0)
         lock.write(str(os.getpid()))

@@ -29,7 +29,7 @@ LORA_AXES = ("r", "lora_alpha", "target_modules", "use_rslora")  # meaningless f
 
 
 def point_config(spec: SweepSpec, point: dict[str, Any], seed: int) -> RunConfig:
-    """The base config with the point's axis values and `seed` put in."""
+    """Return the base config with the point's axis values and `seed` put in."""
     config = spec.base
     lora, train = config.lora, config.train
     changes: dict[str, Any] = {}
@@ -64,7 +64,7 @@ def normalize_point(spec: SweepSpec, point: dict[str, Any]) -> dict[str, Any]:
 
 
 def point_key(point: dict[str, Any], seed: int | None = None) -> str:
-    """A string that identifies a point (and a seed) independently of how its values were written."""
+    """Return a string that identifies a point (and a seed) independently of how its values were written."""
     items = [[name, list(v) if isinstance(v, tuple) else v] for name, v in sorted(point.items())]
     return json.dumps([items, seed])
 
@@ -87,7 +87,7 @@ def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
 
 
 def random_points(spec: SweepSpec) -> list[dict[str, Any]]:
-    """Draw `spec.budget` distinct points; fewer when the space holds fewer distinct points."""
+    """Draw `spec.budget` distinct points, or fewer when the space contains fewer."""
     rng = random.Random(spec.sampler_seed)
     points, seen = [], set()
     for _ in range(50 * spec.budget):
@@ -119,7 +119,7 @@ def round_to_axis(name: str, x: float, values: Range) -> int | float:
 
 
 def planned_points(spec: SweepSpec) -> list[dict[str, Any]] | None:
-    """The points a grid or random sweep trains, in order; None for TPE, which proposes them as it goes."""
+    """Return the points a grid or random sweep trains, in order, or None for TPE, which proposes them as it goes."""
     if spec.search == "grid":
         return grid_points(spec)
     if spec.search == "random":
@@ -128,7 +128,7 @@ def planned_points(spec: SweepSpec) -> list[dict[str, Any]] | None:
 
 
 def _points_to_validate(spec: SweepSpec) -> list[dict[str, Any]]:
-    """Every planned point, or for TPE every combination of list values and range ends."""
+    """Return every planned point, or for TPE every combination of list values and range ends."""
     points = planned_points(spec)
     if points is not None:
         return points

@@ -79,7 +79,7 @@ def _sweep_not_found(store: RunStore, sweep_id: str, max_listed: int = 10) -> Va
 
 
 def list_sweeps(store: RunStore) -> list[SweepRecord]:
-    """Every readable sweep record, newest first."""
+    """Return every readable sweep record, newest first."""
     records = []
     for path in sweeps_dir(store).glob("*.json"):
         try:
