@@ -38,14 +38,15 @@ def parse_whole_number(text: str, name: str, example: int) -> int:
     return int(text)
 
 
-def whole_number_box(container, label: str, default: int, key: str, help: str | None = None) -> str:
+def whole_number_box(container, label: str, default: int, key: str, help: str | None = None,
+                     disabled: bool = False) -> str:
     """Draw a text box for a whole number, starting at `default`; return its text for `parse_whole_number`.
 
     A number box keeps its last valid value when a typed one is out of its range or too large for the browser
     (20 digits). So a bad value would be used silently, and a text box is used instead.
     """
     st.session_state.setdefault(key, str(default))
-    return container.text_input(label, key=key, persist_state="session", help=help)
+    return container.text_input(label, key=key, persist_state="session", help=help, disabled=disabled)
 
 
 LOAD_REQUEST = "_train_load"  # session key: the id of a run whose settings the Train page loads on its next run
@@ -127,7 +128,8 @@ def run_config_controls(prefix: str = "train_", disabled: bool = False) -> tuple
     """Draw the controls and return (config, None) when the settings are valid, else (None, error message)."""
     # Defaults go into session state, never into the widgets: a widget given a default whose key a loaded run
     # already set makes Streamlit warn, and the value from session state wins anyway.
-    for key, value in config_widget_values(RunConfig(), prefix).items():
+    d = RunConfig()
+    for key, value in config_widget_values(d, prefix).items():
         st.session_state.setdefault(key, value)
     keep = "session"  # controls keep their values across page switches
     method = st.selectbox("Method", list(METHODS), format_func=METHOD_LABELS.get,
@@ -145,10 +147,8 @@ def run_config_controls(prefix: str = "train_", disabled: bool = False) -> tuple
 
     uses_lora = method != "full"
     col_r, col_alpha = st.columns(2)
-    # Whole numbers are typed as text. A number box keeps its last valid value when a typed one is out of its
-    # range, or too large for the browser (20 digits), so a bad value would train silently. The parsers and
-    # RunConfig.validate name it instead.
-    col_r.text_input("r (rank)", key=f"{prefix}r", disabled=disabled or not uses_lora, persist_state=keep,
+    # Whole numbers are text boxes (see whole_number_box): the parsers and RunConfig.validate name a bad value.
+    whole_number_box(col_r, "r (rank)", d.lora.r, f"{prefix}r", disabled=disabled or not uses_lora,
                      help=f"Rank of the update B @ A, from 1 to {MAX_R}.")
     col_alpha.number_input("lora_alpha", step=1.0, key=f"{prefix}lora_alpha", disabled=disabled or not uses_lora,
                            persist_state=keep,
@@ -174,10 +174,10 @@ def run_config_controls(prefix: str = "train_", disabled: bool = False) -> tuple
     st.text_input("Learning rate", key=f"{prefix}lr", disabled=disabled, persist_state=keep,
                   help="AdamW learning rate, e.g. 5e-3.")
     col_epochs, col_batch, col_seed = st.columns(3, vertical_alignment="bottom")  # boxes line up under wrapped labels
-    col_epochs.text_input("Epochs", key=f"{prefix}epochs", disabled=disabled, persist_state=keep,
-                          help=f"Passes over the training examples, from 1 to {MAX_EPOCHS}.")
-    col_batch.text_input("Batch size", key=f"{prefix}batch_size", disabled=disabled, persist_state=keep,
-                         help=f"Examples per step, from 1 to {MAX_BATCH_SIZE}.")
-    col_seed.text_input("Seed", key=f"{prefix}seed", disabled=disabled, persist_state=keep,
-                        help="Fixes model and adapter initialisation and the batch order.")
+    whole_number_box(col_epochs, "Epochs", d.train.epochs, f"{prefix}epochs", disabled=disabled,
+                     help=f"Passes over the training examples, from 1 to {MAX_EPOCHS}.")
+    whole_number_box(col_batch, "Batch size", d.train.batch_size, f"{prefix}batch_size", disabled=disabled,
+                     help=f"Examples per step, from 1 to {MAX_BATCH_SIZE}.")
+    whole_number_box(col_seed, "Seed", d.train.seed, f"{prefix}seed", disabled=disabled,
+                     help="Fixes model and adapter initialisation and the batch order.")
     return config_from_widgets(prefix)
