@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .capacity import step_processes_per_run, threads_per_run
+from .live_log import LiveLog
 from .store import RunStore, StoreError
 
 log = logging.getLogger("tinylora.jobs")
@@ -287,33 +288,44 @@ def execute(store: RunStore, run_id: str, kind: str, params: dict[str, Any]) -> 
                 log.error("run %s: heartbeat failed: %s", run_id, error)
 
     threading.Thread(target=heartbeat, daemon=True).start()
+    # Only the Train page reads a live file: other pages draw their runs from the store.
+    live = LiveLog(store.live_path(run_id)) if kind == "train" else None
     try:
         return record_events(store, run_id, kind,
-                             lambda: _job_function(kind)(params, JobContext(run_id, store, run_dir, should_stop)))
+                             lambda: _job_function(kind)(params, JobContext(run_id, store, run_dir, should_stop)),
+                             live=live)
     finally:
         beating.set()
+        if live is not None:
+            live.close()
 
 
 def record_events(store: RunStore, run_id: str, kind: str, make_events: Callable[[], Iterable[dict]],
-                  on_event: Callable[[dict], None] | None = None) -> int:
+                  on_event: Callable[[dict], None] | None = None, live: LiveLog | None = None) -> int:
     """Store the events of `make_events()` in small batches and the run's final status; return an exit code.
 
     The "start" and "end" events' fields are merged into the run's summary, and the "end" event finishes
     the run. An exception, raised while making or iterating the events, fails the run with its message.
+    Each batch, once stored, also goes to `live` when it is given.
     """
     buffer: list[dict] = []
     last_flush = time.monotonic()
+
+    def append(events: list[dict], summary: dict | None = None) -> None:
+        store.append_events(run_id, events, summary=summary)
+        if live is not None:
+            live.write(events)
     try:
         for event in make_events():
             if on_event is not None:
                 on_event(event)
             buffer.append(event)
             if event["type"] == "start":
-                store.append_events(run_id, buffer, summary={k: v for k, v in event.items() if k != "type"})
+                append(buffer, summary={k: v for k, v in event.items() if k != "type"})
                 buffer, last_flush = [], time.monotonic()
             elif event["type"] == "end":
                 summary = {k: v for k, v in event.items() if k != "type"}
-                store.append_events(run_id, buffer, summary=summary)
+                append(buffer, summary=summary)
                 buffer = []
                 store.finish_run(run_id, event["status"], event.get("message", ""), event.get("final_acc"),
                                  event.get("seconds"))
@@ -323,15 +335,15 @@ def record_events(store: RunStore, run_id: str, kind: str, make_events: Callable
                   or time.monotonic() - last_flush >= FLUSH_SECONDS):
                 # The first step, every evaluation and every status message go out at once, so pages show
                 # them without delay (a status often precedes a long silent step such as training a base).
-                store.append_events(run_id, buffer)
+                append(buffer)
                 buffer, last_flush = [], time.monotonic()
         if buffer:
-            store.append_events(run_id, buffer)
+            append(buffer)
         store.finish_run(run_id, "failed", f"the {kind} job ended without an end event", only_if_active=True)
         return 1
     except Exception as error:
         log.error("run %s failed:\n%s", run_id, traceback.format_exc())
         if buffer:
-            store.append_events(run_id, buffer)
+            append(buffer)
         store.finish_run(run_id, "failed", f"{type(error).__name__}: {error}", only_if_active=True)
         return 1

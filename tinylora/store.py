@@ -199,6 +199,17 @@ class RunStore:
     def run_dir(self, run_id: str) -> Path:
         return self.home / "runs" / check_run_id(run_id)
 
+    def live_path(self, run_id: str) -> Path:
+        """The file of a training run's events while it trains (see `tinylora.live_log`), in a directory of
+        its own because the app serves that directory over HTTP."""
+        return self.home / "live" / f"{check_run_id(run_id)}.jsonl"
+
+    def remove_live_file(self, run_id: str) -> None:
+        try:
+            self.live_path(run_id).unlink(missing_ok=True)
+        except OSError:
+            pass  # a stale live file is never read: the page draws an ended run from the store
+
     # Writing runs
 
     def create_run(self, kind: str, config: dict[str, Any], owner: str = "", group_id: str = "",
@@ -306,6 +317,7 @@ class RunStore:
             db.execute("DELETE FROM events WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
             db.execute("COMMIT")
+        self.remove_live_file(run_id)
         directory = self.run_dir(run_id)
         if directory.exists():
             # Rename first so that no reader finds a half-deleted directory under the run's name.
@@ -383,4 +395,5 @@ class RunStore:
                        f"the machine restarted); start the run again")
             if self.finish_run(run.id, "interrupted", message, only_if_active=True):
                 marked.append(run.id)
+                self.remove_live_file(run.id)
         return marked

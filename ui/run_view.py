@@ -11,10 +11,10 @@ from tinylora.progress import RunProgress, read_progress
 from tinylora.store import RunStore, StoreError
 
 from .charts import accuracy_chart, loss_chart
+from .live_charts import live_charts
 
-REFRESH_SECONDS = 0.25  # status and loss chart updates while a run is active: 4 a second
+REFRESH_SECONDS = 0.25  # chart updates while a run is active: 4 a second
 STATUS_REFRESH_SECONDS = 0.5  # the progress bar and metrics
-ACCURACY_REFRESH_SECONDS = 1.0  # the accuracy chart gains a point per epoch, so it refreshes less often
 CHART_CONFIG = {"displayModeBar": False}
 STALE_SECONDS = 3 * HEARTBEAT_SECONDS  # a running run's worker writes a heartbeat every HEARTBEAT_SECONDS
 
@@ -108,10 +108,10 @@ def empty_charts(key: str) -> None:
 def live_run_view(store: RunStore, run_id: str, key: str = "run") -> RunProgress | None:
     """Draw a run and keep it updating while it is queued or running; return its progress at draw time.
 
-    Three fragments refresh at their own rates: the loss chart every REFRESH_SECONDS, the status line and
-    metrics every STATUS_REFRESH_SECONDS, and the accuracy chart, which gains one point per epoch, every
-    ACCURACY_REFRESH_SECONDS. Each refresh makes the browser re-render what it draws, and on a 2-core machine
-    that rendering takes CPU from the training worker.
+    While the run is active, two fragments refresh at their own rates: the charts every REFRESH_SECONDS, drawn
+    by the canvas component of `ui.live_charts`, and the status line and metrics every STATUS_REFRESH_SECONDS.
+    Each refresh makes the browser re-render what it draws, and on a 2-core machine that rendering takes CPU
+    from the training worker. Once the run has ended, the page draws its charts with Plotly.
     """
     cache_key = f"_progress_{key}"
     first = read_progress(store, run_id, st.session_state.get(cache_key))
@@ -148,28 +148,21 @@ def live_run_view(store: RunStore, run_id: str, key: str = "run") -> RunProgress
         if active and not progress.run.active:
             st.rerun()  # the run ended: redraw the page so the buttons, charts and polling follow
 
-    def chart_view(draw) -> None:
+    @st.fragment(run_every=REFRESH_SECONDS)
+    def live_view() -> None:
         try:
             progress = latest()
         except StoreError:
             return  # the status view above names the error
         if progress is not None:
-            draw(progress)
-
-    @st.fragment(run_every=REFRESH_SECONDS if active else None)
-    def loss_view() -> None:
-        chart_view(lambda p: st.plotly_chart(loss_chart({"train": (p.steps, p.losses)}), key=f"{key}-loss",
-                                             config=CHART_CONFIG))
-
-    @st.fragment(run_every=ACCURACY_REFRESH_SECONDS if active else None)
-    def accuracy_view() -> None:
-        chart_view(lambda p: st.plotly_chart(accuracy_chart({"validation": (p.eval_epochs, p.eval_accs)}),
-                                             key=f"{key}-acc", config=CHART_CONFIG))
+            live_charts(progress, key=f"{key}-live")
 
     status_view()
-    left, right = st.columns(2)
-    with left:
-        loss_view()
-    with right:
-        accuracy_view()
+    if active:
+        live_view()
+    else:
+        left, right = st.columns(2)
+        left.plotly_chart(loss_chart({"train": (first.steps, first.losses)}), key=f"{key}-loss", config=CHART_CONFIG)
+        right.plotly_chart(accuracy_chart({"validation": (first.eval_epochs, first.eval_accs)}), key=f"{key}-acc",
+                           config=CHART_CONFIG)
     return first
