@@ -6,8 +6,8 @@ Run from the repository root: `python bench/app_latency.py [--reps 3] [--epochs 
 /usr/bin/chromium through Playwright, and prints one JSON object. Nothing here is asserted: the figures go
 into BENCHMARKS.md with the machine's load average at the time.
 
-- Latency: from the Train click (browser clock) to the first loss point drawn in the Plotly chart. The
-  runner is already warm (the Train page starts it on load), as it is for a user who opened the page.
+- Latency: from the Train click (browser clock) to the first loss point drawn in the live chart. The runner
+  is already warm (the Train page starts it on load), as it is for a user who opened the page.
 - Update rate: how often the loss chart's point count changes per second while the run trains.
 - Attached vs headless: the run's own steps per second, interleaved with the same run submitted with no
   browser open, so both see the same machine load.
@@ -34,18 +34,27 @@ from tinylora import capacity, jobs  # noqa: E402
 from tinylora.config import RunConfig, TrainConfig  # noqa: E402
 from tinylora.store import RunStore  # noqa: E402
 
-# Records, in the browser, each change of the first chart's number of points, with its time. A MutationObserver
-# wakes only when the page changes, so the watching adds no work of its own between updates (a loop on every
-# animation frame did, on the core the training worker shares).
+# Records, in the browser, each change of the live loss chart's number of points, with its time. The chart is a
+# canvas in the shadow root of Streamlit's component element, which records its point count in an attribute. The
+# MutationObservers wake only when the page changes, so the watching adds no work of its own between updates (a
+# loop on every animation frame did, on the core the training worker shares).
 WATCH_CHART = """() => {
-  window.__changes = []; let last = -1;
-  const check = () => {
-    const plot = document.querySelector('.js-plotly-plot');
-    const n = plot && plot.data && plot.data.length ? (plot.data[0].x || []).length : 0;
+  window.__changes = []; let last = -1; let watched = null;
+  const record = () => {
+    const n = watched ? Number(watched.dataset.points || 0) : 0;
     if (n !== last) { window.__changes.push([performance.now(), n]); last = n; }
   };
-  new MutationObserver(check).observe(document.body, {subtree: true, childList: true, attributes: true});
-  check();
+  const attach = () => {
+    const host = document.querySelector('[data-testid="stBidiComponentIsolated"]');
+    const canvas = host && host.shadowRoot && host.shadowRoot.querySelector('canvas[data-chart="loss"]');
+    if (canvas && canvas !== watched) {
+      watched = canvas;
+      new MutationObserver(record).observe(canvas, {attributes: true, attributeFilter: ['data-points']});
+      record();
+    }
+  };
+  new MutationObserver(attach).observe(document.body, {subtree: true, childList: true});
+  attach();
 }"""
 
 

@@ -110,7 +110,7 @@ if elsewhere:
     st.warning(f"Run {run.id} is a {run.kind.replace('_', ' ')} run, not a training run, so this page cannot show "
                f"it. Open it on the {title} page.", icon=":material/warning:")
     st.page_link(page, label=f"Open {title}", icon=":material/arrow_forward:")
-    empty_charts("train")
+    empty_charts("train", config)
 elif run_id:
     if run is not None:
         st.session_state[SHOWN_RUN] = run_id
@@ -119,7 +119,7 @@ else:
     st.info("Choose settings in the sidebar and press **Train**. The defaults are the reference notebook's LoRA run "
             "(r=4, lora_alpha=8 on qkv and proj, learning rate 5e-3, 8 epochs), which ends at validation accuracy "
             "0.984.", icon=":material/play_circle:")
-    empty_charts("train")
+    empty_charts("train", config)
 
 if load_requested:
     st.session_state.pop(LOAD_REQUEST, None)

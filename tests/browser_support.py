@@ -102,6 +102,16 @@ def plot_points(page, index: int) -> int:
                     return (plots[i].data[0].x || []).length; }""", index)
 
 
+def live_points(page, chart: str) -> int:
+    """Number of points in the Train page's live `chart` ("loss" or "accuracy") while a run trains (0 when not
+    drawn). The canvas component records it in the canvas's data-points attribute; Playwright's locators
+    reach into the component's shadow root."""
+    canvas = page.locator(f'canvas[data-chart="{chart}"]')
+    if not canvas.count():
+        return 0
+    return int(canvas.first.get_attribute("data-points", timeout=5_000) or 0)
+
+
 def screenshot(page, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name

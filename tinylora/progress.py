@@ -44,14 +44,6 @@ class RunProgress:
             return self.run.seconds
         return self.seconds
 
-    @property
-    def remaining(self) -> float | None:
-        """Estimated seconds left at the current speed, or None before the first step."""
-        rate = self.steps_per_second
-        if not self.run.active or not rate or not self.steps_total:
-            return None if self.run.active else 0.0
-        return max(0.0, (self.steps_total - self.step) / rate)
-
 
 def read_progress(store: RunStore, run_id: str, previous: RunProgress | None = None) -> RunProgress | None:
     """Read a run's progress, reading only the events after `previous` when it is given; None if not found."""

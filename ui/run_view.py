@@ -1,20 +1,23 @@
 """The live view of one run: status, progress, parameter summary and streaming charts."""
 
+import math
 import time
 
 import streamlit as st
 
-from tinylora.config import METHOD_LABELS
+from tinylora.config import METHOD_LABELS, RunConfig
 from tinylora.capacity import max_runs
 from tinylora.jobs import HEARTBEAT_SECONDS, busy_slots
 from tinylora.progress import RunProgress, read_progress
 from tinylora.store import RunStore, StoreError
 
 from .charts import accuracy_chart, loss_chart
-from .live_charts import live_charts
+from .live_charts import empty_live_charts, live_charts
 
-REFRESH_SECONDS = 0.25  # chart updates while a run is active: 4 a second
-STATUS_REFRESH_SECONDS = 0.5  # the progress bar and metrics
+REFRESH_SECONDS = 0.25  # the experiment pages' live views: 4 updates a second
+# How often a running run's status, metrics and chart data are read from the store. The progress line and the
+# charts follow the run's live file in between; the store's data is what they show when it cannot be read.
+REFRESH_RUN_SECONDS = 5.0
 CHART_CONFIG = {"displayModeBar": False}
 STALE_SECONDS = 3 * HEARTBEAT_SECONDS  # a running run's worker writes a heartbeat every HEARTBEAT_SECONDS
 
@@ -59,12 +62,7 @@ def _status_message(store: RunStore, p: RunProgress) -> None:
     elif run.status == "running" and p.step == 0 and p.status_message:
         st.progress(0.0, text=f"{p.status_message[:1].upper()}{p.status_message[1:]} · {format_seconds(p.elapsed)} elapsed")
     elif run.status == "running":
-        text = f"Step {p.step} of {p.steps_total or '…'} · {format_seconds(p.elapsed)} elapsed"
-        if p.remaining is not None:
-            text += f" · about {format_seconds(p.remaining)} left"
-        if run.stop_requested:
-            text += " · stopping…"
-        st.progress(p.fraction, text=text)
+        pass  # the live charts draw the progress line, several times a second
     elif run.status == "finished":
         st.success(f"Finished: validation accuracy {run.final_acc:.3f} after {p.step} steps in "
                    f"{format_seconds(run.seconds)}.", icon=":material/check_circle:")
@@ -87,6 +85,8 @@ def _summary_metrics(p: RunProgress) -> None:
     else:
         cols[0].metric("Trainable parameters", "…")
         cols[1].metric("Share of all parameters", "…")
+    if p.run.status == "running":
+        return  # the live charts' progress line shows the speed and the latest accuracy, several times a second
     rate = p.steps_per_second
     cols[2].metric("Steps per second", f"{rate:.1f}" if rate else "…")
     label = "Final validation accuracy" if not p.run.active and p.eval_accs else "Validation accuracy"
@@ -94,24 +94,24 @@ def _summary_metrics(p: RunProgress) -> None:
                    help="after the latest evaluation (one per epoch)")
 
 
-def empty_charts(key: str) -> None:
-    """Draw the run view's two charts with no points yet.
+def empty_charts(key: str, config: RunConfig | None) -> None:
+    """Draw the run view's two charts with no points yet, on the axes a run with `config` will fill.
 
-    Besides showing what a run will draw, this makes the browser load Plotly's JavaScript (a few MB) with the
-    page, so the first point of a run appears as soon as it exists instead of after that one-time load.
+    Drawing the component before any run also makes the browser load its code with the page, so a run's first
+    point appears without that one-time load.
     """
-    left, right = st.columns(2)
-    left.plotly_chart(loss_chart({"train": ([], [])}), key=f"{key}-empty-loss", config=CHART_CONFIG)
-    right.plotly_chart(accuracy_chart({"validation": ([], [])}), key=f"{key}-empty-acc", config=CHART_CONFIG)
+    train = (config or RunConfig()).train
+    empty_live_charts(f"{key}-empty", math.ceil(train.n_train / train.batch_size) * train.epochs, train.epochs)
 
 
 def live_run_view(store: RunStore, run_id: str, key: str = "run") -> RunProgress | None:
     """Draw a run and keep it updating while it is queued or running; return its progress at draw time.
 
-    While the run is active, two fragments refresh at their own rates: the charts every REFRESH_SECONDS, drawn
-    by the canvas component of `ui.live_charts`, and the status line and metrics every STATUS_REFRESH_SECONDS.
-    Each refresh makes the browser re-render what it draws, and on a 2-core machine that rendering takes CPU
-    from the training worker. Once the run has ended, the page draws its charts with Plotly.
+    While the run is active, one fragment draws the status line, the metrics and the canvas component of
+    `ui.live_charts`, which follows the run's live file by itself several times a second. The fragment runs
+    again every REFRESH_RUN_SECONDS, and when the component reads the run's first events or finds its file gone. Each script
+    run makes the browser re-render the page, and on a 2-core machine that rendering takes CPU from the
+    training worker. Once the run has ended, the page draws its charts with Plotly.
     """
     cache_key = f"_progress_{key}"
     first = read_progress(store, run_id, st.session_state.get(cache_key))
@@ -127,8 +127,8 @@ def live_run_view(store: RunStore, run_id: str, key: str = "run") -> RunProgress
             st.session_state[cache_key] = progress
         return progress
 
-    @st.fragment(run_every=STATUS_REFRESH_SECONDS if active else None)
-    def status_view() -> None:
+    @st.fragment(run_every=REFRESH_RUN_SECONDS if active else None)
+    def run_view() -> None:
         try:
             progress = latest()
             if (progress is not None and progress.run.status == "running"
@@ -142,27 +142,19 @@ def live_run_view(store: RunStore, run_id: str, key: str = "run") -> RunProgress
         if progress is None:
             st.warning(f"Run {run_id} was deleted.")
             return
+        if active and not progress.run.active:
+            st.rerun()  # the run ended: redraw the page so the buttons and charts follow
         st.caption(f"Run `{run_id}` · {describe_config(progress.run.config)}")
         _status_message(store, progress)
         _summary_metrics(progress)
-        if active and not progress.run.active:
-            st.rerun()  # the run ended: redraw the page so the buttons, charts and polling follow
+        if active:
+            live_charts(store, progress, key=f"{key}-live")
+        else:
+            left, right = st.columns(2)
+            left.plotly_chart(loss_chart({"train": (progress.steps, progress.losses)}), key=f"{key}-loss",
+                              config=CHART_CONFIG)
+            right.plotly_chart(accuracy_chart({"validation": (progress.eval_epochs, progress.eval_accs)}),
+                               key=f"{key}-acc", config=CHART_CONFIG)
 
-    @st.fragment(run_every=REFRESH_SECONDS)
-    def live_view() -> None:
-        try:
-            progress = latest()
-        except StoreError:
-            return  # the status view above names the error
-        if progress is not None:
-            live_charts(progress, key=f"{key}-live")
-
-    status_view()
-    if active:
-        live_view()
-    else:
-        left, right = st.columns(2)
-        left.plotly_chart(loss_chart({"train": (first.steps, first.losses)}), key=f"{key}-loss", config=CHART_CONFIG)
-        right.plotly_chart(accuracy_chart({"validation": (first.eval_epochs, first.eval_accs)}), key=f"{key}-acc",
-                           config=CHART_CONFIG)
+    run_view()
     return first

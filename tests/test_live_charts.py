@@ -1,0 +1,81 @@
+"""The Train page's live charts: what the page sends the canvas component while a run trains."""
+
+import json
+
+from streamlit.testing.v1 import AppTest
+
+from conftest import ROOT
+from run_factory import add_run
+from tinylora.config import RunConfig, TrainConfig
+from ui.live_charts import MAX_POINTS, thin
+
+
+def live_data(at: AppTest) -> dict:
+    (component,) = at.get("bidi_component")
+    return json.loads(component.proto.json)
+
+
+def open_run(run_id: str) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "pages" / "train.py"), default_timeout=60)
+    at.query_params["run"] = run_id
+    return at.run()
+
+
+def test_thin_leaves_a_short_series_alone():
+    xs, ys = list(range(1, 11)), [1 / i for i in range(1, 11)]
+    assert thin(xs, ys, limit=10) == (xs, ys)
+
+
+def test_thin_keeps_each_buckets_extremes_and_the_last_point():
+    n = 10_001
+    xs = list(range(1, n + 1))
+    ys = [0.5 + 0.1 * ((i * 7919) % 13) / 13 for i in range(n)]
+    ys[4_321] = 9.0  # a spike
+    ys[7_000] = -1.0  # and a dip
+    kept_x, kept_y = thin(xs, ys)
+    assert len(kept_x) <= MAX_POINTS + 1
+    assert kept_x == sorted(kept_x) and len(set(kept_x)) == len(kept_x)
+    assert (xs[4_321], 9.0) in zip(kept_x, kept_y) and (xs[7_000], -1.0) in zip(kept_x, kept_y)
+    assert (kept_x[-1], kept_y[-1]) == (xs[-1], ys[-1])
+    assert all(ys[x - 1] == y for x, y in zip(kept_x, kept_y))
+
+
+def test_running_run_sends_its_series_progress_and_live_file(home, store):
+    config = RunConfig(train=TrainConfig(epochs=4))
+    run_id = add_run(store, config, losses=[1.0, 0.8, 0.5, 0.4, 0.3, 0.2], accs=[0.6, 0.7], status="running")
+    at = open_run(run_id)
+    assert not at.exception
+    assert not at.get("plotly_chart")  # the component draws a running run
+    # Speed and accuracy change every step: the component's progress line shows them, not metrics that
+    # would only change at each status refresh.
+    assert [m.label for m in at.metric] == ["Trainable parameters", "Share of all parameters"]
+    data = live_data(at)
+    loss, accuracy = data["charts"]
+    assert (loss["x"], loss["y"], loss["count"]) == ([1, 2, 3, 4, 5, 6], [1.0, 0.8, 0.5, 0.4, 0.3, 0.2], 6)
+    assert loss["x_range"] == [0, 6]  # steps_total of the start event
+    assert (accuracy["x"], accuracy["y"], accuracy["x_range"]) == ([1.0, 2.0], [0.6, 0.7], [0.5, 4.5])
+    assert data["progress"] == {"step": 6, "steps_total": 6, "seconds": 0.06, "stopping": False}
+    assert data["live_url"].startswith("component/")
+    assert data["live_url"].endswith(f"/{run_id}.jsonl")
+    assert store.live_path(run_id).parent.is_dir()  # the directory the server serves exists
+
+
+def test_queued_run_without_progress_line(home, store, monkeypatch):
+    import ui.common
+    monkeypatch.setattr(ui.common, "start_runner", lambda store: None)  # no runner, so the run stays queued
+    data = live_data(open_run(add_run(store, status="queued")))
+    assert "progress" not in data
+    assert data["charts"][0]["count"] == 0
+
+
+def test_ended_run_with_plotly_charts(home, store):
+    finished = add_run(store, losses=[1.0, 0.5], accs=[0.9], status="finished")
+    at = open_run(finished)
+    assert not at.get("bidi_component")
+    assert len(at.get("plotly_chart")) == 2
+
+
+def test_stop_request_shows_in_the_progress_line(home, store):
+    run_id = add_run(store, losses=[1.0, 0.5], accs=[0.9], status="running")
+    store.request_stop(run_id)
+    assert live_data(open_run(run_id))["progress"]["stopping"] is True
