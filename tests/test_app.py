@@ -19,13 +19,9 @@ def page(name: str) -> AppTest:
 
 
 def chart_points(at: AppTest) -> dict[str, list[int]]:
-    """Number of points in each trace of each Plotly chart, keyed by the chart's title."""
-    points = {}
-    for chart in at.get("plotly_chart"):
-        spec = json.loads(chart.proto.spec)
-        title = spec["layout"]["title"]["text"]
-        points[title] = [len(trace.get("x") or []) for trace in spec["data"]]
-    return points
+    """Number of points of each chart that the Train page's chart component draws, keyed by the chart's title."""
+    (component,) = at.get("bidi_component")
+    return {chart["title"]: [chart["count"]] for chart in json.loads(component.proto.json)["charts"]}
 
 
 def test_app_opens_on_train(home):

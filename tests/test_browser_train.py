@@ -5,8 +5,7 @@ import re
 
 import pytest
 
-from browser_support import (chromium_page, live_points, plot_points, require_chromium, screenshot, streamlit_server,
-                             wait_until)
+from browser_support import chromium_page, live_points, require_chromium, screenshot, streamlit_server, wait_until
 from run_factory import add_run
 from tinylora.config import RunConfig, TrainConfig
 from tinylora.store import RunStore
@@ -74,13 +73,13 @@ def test_default_run_finishes_at_reference_accuracy(home):
         page.get_by_role("button", name="Train", exact=True).click()
         page.get_by_text(re.compile(r"Finished: validation accuracy")).wait_for(timeout=300_000)
         page.get_by_text(re.compile(r"Finished: validation accuracy 0\.984")).wait_for(timeout=5_000)
-        wait_until(page, lambda: plot_points(page, 1) == 8, timeout=30, message="eight accuracy points")
-        assert plot_points(page, 0) == 128
+        wait_until(page, lambda: live_points(page, "accuracy") == 8, timeout=30, message="eight accuracy points")
+        assert live_points(page, "loss") == 128
         page.get_by_text("6,274").first.wait_for()
         screenshot(page, "train-finished.png")
 
 
-def test_live_charts_follow_the_live_file_and_the_end_of_the_run(home):
+def test_live_charts_from_live_file(home):
     """The charts draw the worker's live file, never half a line of it, and the page shows the ended run."""
     require_chromium()
     store = RunStore(home)
@@ -96,7 +95,7 @@ def test_live_charts_follow_the_live_file_and_the_end_of_the_run(home):
         fetched = []
         page.on("response", lambda response: fetched.append(response.status) if live.name in response.url else None)
         page.goto(f"{url}/?run={run_id}")
-        # The file holds 24 steps and the store 8: the charts draw the file.
+        # The file has 24 steps and the store 8: the charts draw the file.
         wait_until(page, lambda: live_points(page, "loss") == 24, timeout=60, message="the live file's 24 steps")
         assert live_points(page, "accuracy") == 2
         # 24 steps in 0.24 s of training and two evaluations, as the progress line reads them.
@@ -118,4 +117,4 @@ def test_live_charts_follow_the_live_file_and_the_end_of_the_run(home):
         store.finish_run(run_id, "finished", "", 0.75, 0.25)
         live.unlink()
         page.get_by_text("Finished: validation accuracy 0.750").wait_for(timeout=15_000)
-        wait_until(page, lambda: plot_points(page, 0) == 8, timeout=15, message="the store's 8 steps in Plotly")
+        wait_until(page, lambda: live_points(page, "loss") == 8, timeout=15, message="the store's 8 steps")

@@ -26,7 +26,7 @@ def test_thin_leaves_a_short_series_alone():
     assert thin(xs, ys, limit=10) == (xs, ys)
 
 
-def test_thin_keeps_each_buckets_extremes_and_the_last_point():
+def test_thin_long_series_with_spikes():
     n = 10_001
     xs = list(range(1, n + 1))
     ys = [0.5 + 0.1 * ((i * 7919) % 13) / 13 for i in range(n)]
@@ -34,18 +34,20 @@ def test_thin_keeps_each_buckets_extremes_and_the_last_point():
     ys[7_000] = -1.0  # and a dip
     kept_x, kept_y = thin(xs, ys)
     assert len(kept_x) <= MAX_POINTS + 1
-    assert kept_x == sorted(kept_x) and len(set(kept_x)) == len(kept_x)
-    assert (xs[4_321], 9.0) in zip(kept_x, kept_y) and (xs[7_000], -1.0) in zip(kept_x, kept_y)
+    assert kept_x == sorted(set(kept_x))
+    kept = set(zip(kept_x, kept_y))
+    assert (xs[4_321], 9.0) in kept
+    assert (xs[7_000], -1.0) in kept
     assert (kept_x[-1], kept_y[-1]) == (xs[-1], ys[-1])
     assert all(ys[x - 1] == y for x, y in zip(kept_x, kept_y))
 
 
-def test_running_run_sends_its_series_progress_and_live_file(home, store):
+def test_running_run_data(home, store):
     config = RunConfig(train=TrainConfig(epochs=4))
     run_id = add_run(store, config, losses=[1.0, 0.8, 0.5, 0.4, 0.3, 0.2], accs=[0.6, 0.7], status="running")
     at = open_run(run_id)
     assert not at.exception
-    assert not at.get("plotly_chart")  # the component draws a running run
+    assert not at.get("plotly_chart")
     # Speed and accuracy change every step: the component's progress line shows them, not metrics that
     # would only change at each status refresh.
     assert [m.label for m in at.metric] == ["Trainable parameters", "Share of all parameters"]
@@ -68,14 +70,32 @@ def test_queued_run_without_progress_line(home, store, monkeypatch):
     assert data["charts"][0]["count"] == 0
 
 
-def test_ended_run_with_plotly_charts(home, store):
-    finished = add_run(store, losses=[1.0, 0.5], accs=[0.9], status="finished")
-    at = open_run(finished)
-    assert not at.get("bidi_component")
-    assert len(at.get("plotly_chart")) == 2
+def test_ended_run_from_the_store(home, store):
+    finished = add_run(store, RunConfig(train=TrainConfig(epochs=3)), losses=[1.0, 0.5], accs=[0.9],
+                       status="finished")
+    data = live_data(open_run(finished))
+    assert "live_url" not in data  # nothing to follow: the store's data is all there is
+    assert "progress" not in data  # the page's banner above the charts gives the outcome
+    assert [chart["count"] for chart in data["charts"]] == [2, 1]
 
 
 def test_stop_request_shows_in_the_progress_line(home, store):
     run_id = add_run(store, losses=[1.0, 0.5], accs=[0.9], status="running")
     store.request_stop(run_id)
     assert live_data(open_run(run_id))["progress"]["stopping"] is True
+
+
+def test_queued_run_axis_spans_its_planned_steps(home, store, monkeypatch):
+    import ui.common
+    monkeypatch.setattr(ui.common, "start_runner", lambda store: None)
+    config = RunConfig(train=TrainConfig(epochs=300, batch_size=64, n_train=1024))
+    data = live_data(open_run(add_run(store, config, status="queued")))
+    assert data["charts"][0]["x_range"] == [0, 4800]
+    assert data["charts"][1]["x_range"] == [0.5, 300.5]
+
+
+def test_queued_run_with_a_free_slot_reads_starting(home, store, monkeypatch):
+    import ui.common
+    monkeypatch.setattr(ui.common, "start_runner", lambda store: None)
+    at = open_run(add_run(store, status="queued"))
+    assert [info.value for info in at.info] == ["Starting: a training slot is free."]

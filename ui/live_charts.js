@@ -1,9 +1,9 @@
-// The Train page's charts while a run trains: loss per step and validation accuracy per epoch, drawn on two
-// canvases. Every POLL_MS this fetches the run's live file (JSON lines the worker appends as it stores
-// events) and redraws two lines and their axes. A script run per update, or a Plotly chart that lays out its
-// whole figure again, costs the browser far more; on a 2-core machine the browser's work comes out of the
-// training worker's time, so it must stay small. The data of each script run is the fallback: the charts
-// draw whichever source has more points.
+// The Train page's run charts: loss per step and validation accuracy per epoch, drawn on two canvases, with
+// a progress line while the run trains. Then, every POLL_MS, this fetches the run's live file (JSON lines
+// the worker appends as it stores events) and redraws two lines and their axes. A script run per update,
+// or a Plotly chart that lays out its whole figure again, costs the browser far more. On a 2-core machine
+// the browser's work comes out of the training worker's time, so it must stay small. The data of each
+// script run is the fallback: the charts draw whichever source has more points.
 
 const POLL_MS = 200;
 
@@ -16,7 +16,10 @@ function niceStep(span, count) {
   const raw = span / count;
   const magnitude = 10 ** Math.floor(Math.log10(raw));
   const fraction = raw / magnitude;
-  return (fraction < 1.5 ? 1 : fraction < 3 ? 2 : fraction < 7 ? 5 : 10) * magnitude;
+  if (fraction < 1.5) return magnitude;
+  if (fraction < 3) return 2 * magnitude;
+  if (fraction < 7) return 5 * magnitude;
+  return 10 * magnitude;
 }
 
 function ticks(lo, hi, count, whole) {
@@ -86,7 +89,7 @@ function draw(canvas, chart, hoverX, font) {
   }
   g.textAlign = "center";
   g.textBaseline = "top";
-  for (const tick of ticks(x0, x1, 6, true)) {
+  for (const tick of ticks(x0, x1, Math.max(2, Math.min(6, Math.floor((right - left) / 80))), true)) {
     if (tick.value < x0 || tick.value > x1) continue;
     g.fillText(tick.label, px(tick.value), bottom + 8);
   }
@@ -167,7 +170,7 @@ function draw(canvas, chart, hoverX, font) {
 
 // The series read so far from the live file; `parsed` is how many characters of it have been read.
 function emptyLog() {
-  return { parsed: 0, steps: [], losses: [], epochs: [], accs: [], stepsTotal: null, seconds: 0 };
+  return { parsed: 0, steps: [], losses: [], times: [], epochs: [], accs: [], stepsTotal: null, seconds: 0 };
 }
 
 function readLog(log, text) {
@@ -182,6 +185,7 @@ function readLog(log, text) {
     else if (event.type === "step") {
       log.steps.push(event.step);
       log.losses.push(event["train/loss"]);
+      log.times.push(event.seconds);
     } else if (event.type === "eval" && event.epoch !== null && event.epoch !== undefined) {
       log.epochs.push(event.epoch);
       log.accs.push(event["val/acc"]);
@@ -215,6 +219,17 @@ function setText(element, text) {
   if (element.textContent !== text) element.textContent = text;
 }
 
+// Steps per second over the last RATE_STEPS steps, or null before there are that many. The first steps
+// include the worker's start, so a rate over them overstates the time left several times over.
+const RATE_STEPS = 20;
+
+function recentRate(log) {
+  const n = log.steps.length;
+  if (n <= RATE_STEPS) return null;
+  const seconds = log.times[n - 1] - log.times[n - 1 - RATE_STEPS];
+  return seconds > 0 ? (log.steps[n - 1] - log.steps[n - 1 - RATE_STEPS]) / seconds : null;
+}
+
 function formatSeconds(seconds) {
   if (seconds < 60) return `${seconds.toFixed(1)} s`;
   return `${Math.floor(seconds / 60)} min ${String(Math.round(seconds % 60)).padStart(2, "0")} s`;
@@ -231,8 +246,13 @@ function drawProgress(view) {
   const total = (fromLog && view.log.stepsTotal) || info.steps_total;
   const seconds = fromLog ? view.log.seconds : info.seconds;
   let text = `Step ${step} of ${total || "…"} · ${formatSeconds(seconds)} elapsed`;
-  if (total && step && seconds > 0) text += ` · about ${formatSeconds(((total - step) * seconds) / step)} left`;
-  if (step && seconds > 0) text += ` · ${(step / seconds).toFixed(1)} steps per second`;
+  let rate = null;
+  if (fromLog) rate = recentRate(view.log);
+  else if (step >= RATE_STEPS && seconds > 0) rate = step / seconds;
+  if (rate) {
+    if (total) text += ` · about ${formatSeconds((total - step) / rate)} left`;
+    text += ` · ${rate.toFixed(1)} steps per second`;
+  }
   const accuracy = current(view)[1].y;
   if (accuracy.length) text += ` · validation accuracy ${accuracy[accuracy.length - 1].toFixed(3)}`;
   if (info.stopping) text += " · stopping…";

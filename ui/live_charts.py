@@ -1,8 +1,8 @@
 """The run view's two charts while a run trains, drawn on canvases by a small component (`live_charts.js`).
 
 Each chart update through a script run made the browser re-render the page, and a Plotly chart lays out its
-whole figure each time: at 4 updates a second that kept the browser's renderer busy for about 0.4 of a core,
-time that a training worker on the same two cores then lacked. So the component fetches the run's live file
+whole figure each time. At 4 updates a second that kept the browser's renderer busy for about 0.4 of a core,
+and a training worker on the same two cores lacked that time. So the component fetches the run's live file
 (`tinylora.live_log`) 5 times a second, served by the Streamlit server as a component's static files, and
 redraws two lines and their axes. Script runs still send the store's data every few seconds, which is what
 the charts show when the file cannot be read. Once the run ends, the run view draws it with Plotly.
@@ -14,6 +14,7 @@ from pathlib import Path
 import streamlit as st
 from streamlit.components.v1 import declare_component
 
+from tinylora.config import TrainConfig
 from tinylora.progress import RunProgress
 from tinylora.store import RunStore
 
@@ -22,7 +23,9 @@ from .charts import COLORS
 MAX_POINTS = 1000  # a chart is a few hundred pixels wide: more points add data to send, not detail
 
 _HTML = """<div class="live">
-<div class="progress" hidden><div class="progress-text"></div><div class="progress-track"><div class="progress-bar"></div></div></div>
+<div class="progress" hidden>
+  <div class="progress-text"></div><div class="progress-track"><div class="progress-bar"></div></div>
+</div>
 <div class="live-charts">
   <div class="panel"><div class="title"></div><canvas role="img" data-chart="loss"></canvas></div>
   <div class="panel"><div class="title"></div><canvas role="img" data-chart="accuracy"></canvas></div>
@@ -85,9 +88,18 @@ def chart_data(steps: list[int], losses: list[float], epochs: list[float], accs:
     return {"charts": [loss, accuracy]}
 
 
+def planned_steps(train: dict) -> int:
+    """Count the steps of a run with these training settings (`TrainConfig` as a dict)."""
+    defaults = TrainConfig()
+    return (math.ceil(train.get("n_train", defaults.n_train) / train.get("batch_size", defaults.batch_size))
+            * train.get("epochs", defaults.epochs))
+
+
 def live_chart_data(p: RunProgress) -> dict:
-    steps_total = p.steps_total or max(p.steps, default=0) or 1
-    epochs = p.run.config.get("train", {}).get("epochs") or max(p.eval_epochs, default=0) or 1
+    train = p.run.config.get("train", {})
+    # Before its start event (queued, or preparing) a run's length follows from its settings.
+    steps_total = p.steps_total or planned_steps(train) or max(p.steps, default=0) or 1
+    epochs = train.get("epochs") or max(p.eval_epochs, default=0) or 1
     return chart_data(p.steps, p.losses, p.eval_epochs, p.eval_accs, steps_total, epochs)
 
 

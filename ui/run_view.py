@@ -1,6 +1,5 @@
 """The live view of one run: status, progress, parameter summary and streaming charts."""
 
-import math
 import time
 
 import streamlit as st
@@ -11,14 +10,13 @@ from tinylora.jobs import HEARTBEAT_SECONDS, busy_slots
 from tinylora.progress import RunProgress, read_progress
 from tinylora.store import RunStore, StoreError
 
-from .charts import accuracy_chart, loss_chart
-from .live_charts import empty_live_charts, live_charts
+from .live_charts import empty_live_charts, live_charts, planned_steps
 
 REFRESH_SECONDS = 0.25  # the experiment pages' live views: 4 updates a second
 # How often a running run's status, metrics and chart data are read from the store. The progress line and the
 # charts follow the run's live file in between; the store's data is what they show when it cannot be read.
 REFRESH_RUN_SECONDS = 5.0
-CHART_CONFIG = {"displayModeBar": False}
+REFRESH_UPLOAD_SECONDS = 0.5  # an uploaded adapter's evaluation has no live file and ends within seconds
 STALE_SECONDS = 3 * HEARTBEAT_SECONDS  # a running run's worker writes a heartbeat every HEARTBEAT_SECONDS
 
 
@@ -36,8 +34,9 @@ def describe_config(config: dict) -> str:
         files = ", ".join(config["upload"].get("files", []))
         parts.append(f"uploaded adapter ({files}) on the base of seed {train.get('seed')}")
         return " · ".join(parts)
-    parts.append(f"lr {train.get('lr'):g}, {train.get('epochs')} epochs, batch {train.get('batch_size')}, "
-                 f"seed {train.get('seed')}")
+    epochs = train.get("epochs")
+    parts.append(f"lr {train.get('lr'):g}, {epochs} epoch{'' if epochs == 1 else 's'}, "
+                 f"batch {train.get('batch_size')}, seed {train.get('seed')}")
     return " · ".join(parts)
 
 
@@ -56,11 +55,15 @@ def _status_message(store: RunStore, p: RunProgress) -> None:
         if run.executor:
             st.info(f"Queued on the {run.executor} cluster: it starts when the cluster has a free CPU.",
                     icon=":material/hourglass_top:")
+        elif (busy := busy_slots(store)) < max_runs() and position == 1:
+            # The runner picks queued runs up within a fraction of a second.
+            st.info("Starting: a training slot is free.", icon=":material/hourglass_top:")
         else:
-            st.info(f"Queued at position {position}: {busy_slots(store)} of {max_runs()} training slots are busy. "
+            st.info(f"Queued at position {position}: {busy} of {max_runs()} training slots are busy. "
                     f"It starts as soon as a slot frees up.", icon=":material/hourglass_top:")
     elif run.status == "running" and p.step == 0 and p.status_message:
-        st.progress(0.0, text=f"{p.status_message[:1].upper()}{p.status_message[1:]} · {format_seconds(p.elapsed)} elapsed")
+        message = f"{p.status_message[:1].upper()}{p.status_message[1:]}"
+        st.progress(0.0, text=f"{message} · {format_seconds(p.elapsed)} elapsed")
     elif run.status == "running":
         pass  # the live charts draw the progress line, several times a second
     elif run.status == "finished":
@@ -100,18 +103,18 @@ def empty_charts(key: str, config: RunConfig | None) -> None:
     Drawing the component before any run also makes the browser load its code with the page, so a run's first
     point appears without that one-time load.
     """
-    train = (config or RunConfig()).train
-    empty_live_charts(f"{key}-empty", math.ceil(train.n_train / train.batch_size) * train.epochs, train.epochs)
+    train = (config or RunConfig()).to_dict()["train"]
+    empty_live_charts(f"{key}-empty", planned_steps(train), train["epochs"])
 
 
 def live_run_view(store: RunStore, run_id: str, key: str = "run") -> RunProgress | None:
     """Draw a run and keep it updating while it is queued or running; return its progress at draw time.
 
-    While the run is active, one fragment draws the status line, the metrics and the canvas component of
-    `ui.live_charts`, which follows the run's live file by itself several times a second. The fragment runs
-    again every REFRESH_RUN_SECONDS, and when the component reads the run's first events or finds its file gone. Each script
-    run makes the browser re-render the page, and on a 2-core machine that rendering takes CPU from the
-    training worker. Once the run has ended, the page draws its charts with Plotly.
+    One fragment draws the status line, the canvas component of `ui.live_charts` and the metrics. While the
+    run is active, the component follows the run's live file by itself several times a second, and the
+    fragment runs again every REFRESH_RUN_SECONDS, and when the component reads the run's first events or
+    finds its file gone. Each script run makes the browser re-render the page, and on a 2-core machine that
+    rendering takes CPU from the training worker. An ended run is drawn by the same component from the store.
     """
     cache_key = f"_progress_{key}"
     first = read_progress(store, run_id, st.session_state.get(cache_key))
@@ -127,7 +130,9 @@ def live_run_view(store: RunStore, run_id: str, key: str = "run") -> RunProgress
             st.session_state[cache_key] = progress
         return progress
 
-    @st.fragment(run_every=REFRESH_RUN_SECONDS if active else None)
+    refresh = REFRESH_RUN_SECONDS if first.run.kind == "train" else REFRESH_UPLOAD_SECONDS
+
+    @st.fragment(run_every=refresh if active else None)
     def run_view() -> None:
         try:
             progress = latest()
@@ -146,15 +151,10 @@ def live_run_view(store: RunStore, run_id: str, key: str = "run") -> RunProgress
             st.rerun()  # the run ended: redraw the page so the buttons and charts follow
         st.caption(f"Run `{run_id}` · {describe_config(progress.run.config)}")
         _status_message(store, progress)
+        # The metrics come after the charts: the line above the charts (a status, or the live progress line)
+        # keeps about the same height from queued to running to ended, so the charts stay in place.
+        live_charts(store, progress, key=f"{key}-live")
         _summary_metrics(progress)
-        if active:
-            live_charts(store, progress, key=f"{key}-live")
-        else:
-            left, right = st.columns(2)
-            left.plotly_chart(loss_chart({"train": (progress.steps, progress.losses)}), key=f"{key}-loss",
-                              config=CHART_CONFIG)
-            right.plotly_chart(accuracy_chart({"validation": (progress.eval_epochs, progress.eval_accs)}),
-                               key=f"{key}-acc", config=CHART_CONFIG)
 
     run_view()
     return first
