@@ -107,8 +107,10 @@ def run_lab(workers: int = 2, threads_per_worker: int = 1) -> dict[str, Any]:
         finally:
             torch.set_num_threads(previous)
     else:
-        # spawn, not fork: a forked child inherits the parent's OpenMP thread pool in an unusable state.
-        context = multiprocessing.get_context("spawn")
+        # A forked worker starts at once with torch imported, where a spawned one spends more than a second
+        # importing it again. But a forked child inherits any OpenMP thread pool of the parent in an unusable
+        # state, and a worker with one thread never enters a parallel region, so only it is forked.
+        context = multiprocessing.get_context("fork" if threads_per_worker == 1 else "spawn")
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                                                     initargs=(threads_per_worker,)) as pool:
             for section, key, result in pool.map(_run_item, *zip(*WORK)):
