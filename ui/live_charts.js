@@ -272,7 +272,7 @@ function poll(view) {
       view.timer = null;
       return;
     }
-    if (view.fetching) return;
+    if (view.fetching || document.hidden) return; // a tab in the background draws nothing
     view.fetching = true;
     try {
       const response = await fetch(new URL(view.data.live_url, document.baseURI), { cache: "no-store" });
