@@ -160,6 +160,15 @@ def test_dropout_keeps_one_process(monkeypatch):
     with torch_threads(1), step_processes(2):
         events = list(prepare_run(config).events())
     assert events[-1]["status"] == "finished"
+    assert events[-1]["step_processes"] == 1
+
+
+@pytest.mark.parametrize("method, fast, processes", [("full", "auto", 1), ("full", "fused", 2), ("lora", "auto", 2)])
+def test_end_event_names_the_processes_used(method, fast, processes):
+    config = RunConfig(method=method, train=TrainConfig(epochs=1, n_train=128, n_val=64, fast=fast))
+    with torch_threads(1), step_processes(2):
+        end = list(prepare_run(config).events())[-1]
+    assert end["step_processes"] == processes  # the eager path of a full finetune keeps one
 
 
 def test_step_processes_accepts_one_or_two():

@@ -7,7 +7,8 @@ the pages chart. Every event has a `type`:
 - `step`: `step`, `epoch`, `train/loss`, `seconds` (since the start of training);
 - `eval`: `step`, `epoch`, `val/acc`, `val/loss`, `seconds`;
 - `end`: `status` ("finished", "stopped" or "diverged"), `message`, `step`, `seconds`, `steps_per_second`,
-  `final_acc` (None when no evaluation happened).
+  `final_acc` (None when no evaluation happened), `step_processes` (1, or 2 when a helper computed half of
+  each step).
 
 No event carries a non-finite number: a non-finite loss ends the run with status "diverged" before it is
 reported.
@@ -98,8 +99,10 @@ def train(model: nn.Module, train_data: Data, val_data: Data | None, config: Tra
         if helper is not None:  # before the last event, which a caller may never resume after
             helper.close()
         seconds = time.perf_counter() - start
+        # The processes the steps actually used: the eager path and a run with dropout keep one.
         return {"type": "end", "status": status, "message": message, "step": step, "seconds": seconds,
-                "steps_per_second": step / seconds if seconds > 0 else 0.0, "final_acc": final_acc}
+                "steps_per_second": step / seconds if seconds > 0 else 0.0, "final_acc": final_acc,
+                "step_processes": 1 if helper is None else 2}
 
     def evaluation(epoch: float) -> dict:
         nonlocal final_acc
