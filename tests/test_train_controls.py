@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 from conftest import ROOT
 from tinylora.config import QuantOptions, RunConfig, TrainConfig
 from tinylora.lora import LoRAConfig
-from ui.controls import LOAD_REQUEST
+from ui.controls import FAST_MODE_LABELS, LOAD_REQUEST
 
 
 def app() -> AppTest:
@@ -94,3 +94,20 @@ def test_load_request_waits_for_its_run(home, store):
     assert at.number_input(key="train_lora_alpha").value == 16.0
     assert at.selectbox(key="train_task").value == "sum_high"
     assert LOAD_REQUEST not in at.session_state
+
+
+def test_step_computation_reaches_the_run_config(home, store):
+    from tinylora.fastpath import FAST_MODES
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    box = at.selectbox(key="train_fast")
+    assert tuple(box.options) == tuple(FAST_MODE_LABELS[mode] for mode in FAST_MODES)
+    at.selectbox(key="train_method").set_value("full").run()
+    at.selectbox(key="train_fast").set_value("fused").run()
+    at.text_input(key="train_epochs").input("1").run()
+    at.button(key="train_button").click().run()
+    assert not at.exception
+    (run,) = store.list_runs()
+    assert run.config["method"] == "full"
+    assert run.config["train"]["fast"] == "fused"
+    assert any("step computation fused" in caption.value for caption in at.caption)

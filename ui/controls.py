@@ -16,6 +16,13 @@ QUANT_MODULE_LABELS = {
     "all": "every frozen block linear",
     "targets": "only the LoRA targets (as the notebook)",
 }
+# TrainConfig.fast, with the modes in tinylora.fastpath.FAST_MODES
+FAST_MODE_LABELS = {
+    "auto": "default (a full finetune as the reference)",
+    "fused": "fused (changes a full finetune's results)",
+    "bf16": "fused, bfloat16 products (changes results)",
+    "off": "eager, as the reference",
+}
 
 
 def parse_learning_rate(text: str) -> float:
@@ -78,6 +85,7 @@ def config_widget_values(config: RunConfig, prefix: str) -> dict:
         f"{prefix}epochs": str(config.train.epochs),
         f"{prefix}batch_size": str(config.train.batch_size),
         f"{prefix}seed": str(config.train.seed),
+        f"{prefix}fast": config.train.fast,
     }
 
 
@@ -116,7 +124,8 @@ def config_from_widgets(prefix: str = "train_") -> tuple[RunConfig | None, str |
             train=TrainConfig(lr=parse_learning_rate(values["lr"]),
                               epochs=parse_whole_number(values["epochs"], "epochs", d.train.epochs),
                               batch_size=parse_whole_number(values["batch_size"], "batch size", d.train.batch_size),
-                              seed=parse_whole_number(values["seed"], "seed", d.train.seed)),
+                              seed=parse_whole_number(values["seed"], "seed", d.train.seed),
+                              fast=values["fast"]),
             quant=quant,
         )
         return config.validate(), None
@@ -180,4 +189,11 @@ def run_config_controls(prefix: str = "train_", disabled: bool = False) -> tuple
                      help=f"Examples per step, from 1 to {MAX_BATCH_SIZE}.")
     whole_number_box(col_seed, "Seed", d.train.seed, f"{prefix}seed", disabled=disabled,
                      help="Fixes model and adapter initialisation and the batch order.")
+    st.selectbox("Step computation", list(FAST_MODE_LABELS), format_func=FAST_MODE_LABELS.get, key=f"{prefix}fast",
+                 disabled=disabled, persist_state=keep,
+                 help="How each training step is computed. The default trains LoRA and QLoRA on the fused path, "
+                      "whose losses differ from the reference's in their last bits, and keeps a full finetune bit "
+                      "for bit equal to the reference. Fused trains a full finetune several times faster, but "
+                      "its sums in another order change a full finetune's trajectory; BENCHMARKS.md compares "
+                      "each mode's accuracy over five seeds.")
     return config_from_widgets(prefix)

@@ -37,6 +37,8 @@ def describe_config(config: dict) -> str:
     epochs = train.get("epochs")
     parts.append(f"lr {train.get('lr'):g}, {epochs} epoch{'' if epochs == 1 else 's'}, "
                  f"batch {train.get('batch_size')}, seed {train.get('seed')}")
+    if train.get("fast", "auto") != "auto":
+        parts.append(f"step computation {train['fast']}")
     return " · ".join(parts)
 
 
