@@ -23,7 +23,9 @@ def grid_texts(page) -> list[str]:
 
 
 def table_row(page, run_id: str) -> list[str] | None:
-    """The cells of the row that starts with `run_id` (12 columns), or None when it is not shown."""
+    """The first 12 cells of the row that starts with `run_id`, or None when it is not shown.
+
+    The grid draws only the columns in view: at the test's width the last one is scrolled out of it."""
     cells = grid_texts(page)
     if run_id not in cells:
         return None

@@ -17,8 +17,8 @@ def three_runs(store):
     lora = add_run(store, RunConfig(lora=LoRAConfig(r=8, lora_alpha=16.0, target_modules=("qkv", "fc1")),
                                     train=TrainConfig(lr=1e-3, epochs=2)), losses=[0.7, 0.6, 0.5, 0.4],
                    accs=[0.6, 0.8])
-    full = add_run(store, RunConfig(method="full", task="sum_high", train=TrainConfig(epochs=1)), losses=[0.9, 0.8],
-                   accs=[0.55], status="stopped")
+    full = add_run(store, RunConfig(method="full", task="sum_high", train=TrainConfig(epochs=1, fast="fused")),
+                   losses=[0.9, 0.8], accs=[0.55], status="stopped")
     queued = add_run(store, RunConfig(method="qlora-int8"), status="queued")
     return {"lora": lora, "full": full, "queued": queued}
 
@@ -37,6 +37,7 @@ def test_runs_frame_values_come_from_the_config(store, three_runs):
     assert lora["status"] == "finished"
     assert lora["final_acc"] == 0.8
     assert lora["seconds"] == pytest.approx(0.04)
+    assert (lora["fast"], frame.loc[three_runs["full"]]["fast"]) == ("auto", "fused")
 
 
 def test_full_finetune_row_has_no_lora_settings(store, three_runs):

@@ -14,7 +14,7 @@ import pandas as pd
 from .store import Run, RunStore
 
 TABLE_COLUMNS = ["run", "created", "kind", "method", "task", "r", "lora_alpha", "targets", "lr", "epochs",
-                 "status", "final_acc", "seconds"]
+                 "fast", "status", "final_acc", "seconds"]
 # The metrics CSV starts with these columns; any other event fields follow in the order they first appear.
 METRIC_COLUMNS = ["run_id", "seq", "type", "step", "epoch", "train/loss", "val/acc", "val/loss", "seconds"]
 
@@ -54,6 +54,7 @@ def runs_frame(runs: Sequence[Run], now: float | None = None) -> pd.DataFrame:
             "targets": "+".join(lora.get("target_modules", [])) if uses_lora else "",
             "lr": train.get("lr"),
             "epochs": train.get("epochs"),
+            "fast": train.get("fast", "auto") if run.kind == "train" else "",
             "status": run.status,
             "final_acc": run.final_acc,
             "seconds": run_seconds(run, now),

@@ -17,12 +17,7 @@ QUANT_MODULE_LABELS = {
     "targets": "only the LoRA targets (as the notebook)",
 }
 # TrainConfig.fast, with the modes in tinylora.fastpath.FAST_MODES
-FAST_MODE_LABELS = {
-    "auto": "default (a full finetune as the reference)",
-    "fused": "fused (changes a full finetune's results)",
-    "bf16": "fused, bfloat16 products (changes results)",
-    "off": "eager, as the reference",
-}
+FAST_MODE_LABELS = {"auto": "default", "fused": "fused", "bf16": "fused bfloat16", "off": "eager"}
 
 
 def parse_learning_rate(text: str) -> float:
@@ -191,9 +186,11 @@ def run_config_controls(prefix: str = "train_", disabled: bool = False) -> tuple
                      help="Fixes model and adapter initialisation and the batch order.")
     st.selectbox("Step computation", list(FAST_MODE_LABELS), format_func=FAST_MODE_LABELS.get, key=f"{prefix}fast",
                  disabled=disabled, persist_state=keep,
-                 help="How each training step is computed. The default trains LoRA and QLoRA on the fused path, "
-                      "whose losses differ from the reference's in their last bits, and keeps a full finetune bit "
-                      "for bit equal to the reference. Fused trains a full finetune several times faster, but "
-                      "its sums in another order change a full finetune's trajectory; BENCHMARKS.md compares "
-                      "each mode's accuracy over five seeds.")
+                 help="How each training step is computed. **default**: LoRA and QLoRA on the fused path, whose "
+                      "losses differ from the reference's in their last bits, and a full finetune on the eager "
+                      "path, bit for bit equal to the reference. **fused**: the fused path for a full finetune "
+                      "too, faster, but its sums in another order change a full finetune's results. **fused "
+                      "bfloat16**: products in bfloat16, which changes results of every method. **eager**: every "
+                      "method as the reference computes it, the slowest. BENCHMARKS.md has each mode's speed and "
+                      "its accuracy over five seeds.")
     return config_from_widgets(prefix)

@@ -157,14 +157,17 @@ function draw(canvas, chart, hoverX, font) {
     g.font = `13px ${font}`;
     const boxWidth = g.measureText(text).width + 12;
     const boxX = Math.min(Math.max(x + 8, left), right - boxWidth);
+    // The box goes in the half of the plot away from the point, so it hides neither the point nor its
+    // neighbours.
+    const boxY = y < (top + bottom) / 2 ? bottom - 26 : top + 2;
     g.fillStyle = "rgba(255, 255, 255, 0.92)";
     g.strokeStyle = chart.color;
-    g.fillRect(boxX, top + 2, boxWidth, 22);
-    g.strokeRect(boxX + 0.5, top + 2.5, boxWidth - 1, 21);
+    g.fillRect(boxX, boxY, boxWidth, 22);
+    g.strokeRect(boxX + 0.5, boxY + 0.5, boxWidth - 1, 21);
     g.fillStyle = "#31333f";
     g.textAlign = "left";
     g.textBaseline = "middle";
-    g.fillText(text, boxX + 6, top + 13);
+    g.fillText(text, boxX + 6, boxY + 11);
   }
 }
 
@@ -278,8 +281,8 @@ function poll(view) {
       const response = await fetch(new URL(view.data.live_url, document.baseURI), { cache: "no-store" });
       if (response.ok) {
         if (readLog(view.log, await response.text())) view.redraw();
-        if (view.log.parsed && !view.data.charts[0].count) tell(view, "started");
-      } else if (response.status === 404 && view.log.parsed) tell(view, "ended");
+        if (view.log.parsed && !view.data.charts[0].count) trigger(view, "started");
+      } else if (response.status === 404 && view.log.parsed) trigger(view, "ended");
     } catch (error) {
       // No server for a moment: the data of the last script run stays drawn.
     } finally {
@@ -290,9 +293,9 @@ function poll(view) {
   fetchLog();
 }
 
-function tell(view, status) {
-  if (view.told[status]) return;
-  view.told[status] = true;
+function trigger(view, status) {
+  if (view.triggered[status]) return;
+  view.triggered[status] = true;
   view.setTriggerValue("status", status);
 }
 
@@ -352,7 +355,7 @@ export default function (component) {
   }
   if (!view.data || view.data.live_url !== data.live_url) {
     view.log = emptyLog();
-    view.told = {};
+    view.triggered = {};
   }
   view.data = data;
   view.setTriggerValue = setTriggerValue;

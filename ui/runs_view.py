@@ -52,6 +52,8 @@ TABLE_CONFIG = {
     "seconds": st.column_config.NumberColumn("Seconds", width=65, format="%.1f",
                                              help="training time; for an upload, its evaluation time"),
     "kind": st.column_config.TextColumn("Kind", width=55, help="train: trained here; upload: an uploaded adapter"),
+    "fast": st.column_config.TextColumn("Steps", width=55, help="step computation: auto (the default), fused, "
+                                                                  "bf16 or off (eager, as the reference)"),
 }
 
 
