@@ -3,6 +3,8 @@
 import json
 import time
 
+import pytest
+
 from conftest import wait_for
 from run_factory import add_run
 from tinylora import jobs
@@ -17,7 +19,7 @@ def read_lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_live_log_appends_whole_lines_and_close_removes_it(tmp_path):
+def test_live_log_write_and_close(tmp_path):
     path = tmp_path / "live" / "run.jsonl"
     log = LiveLog(path)
     log.write([{"type": "step", "step": 1, "train/loss": 0.5}])
@@ -29,7 +31,7 @@ def test_live_log_appends_whole_lines_and_close_removes_it(tmp_path):
     assert not path.exists()
 
 
-def test_live_log_that_cannot_write_turns_off_without_raising(tmp_path):
+def test_live_log_unwritable_path(tmp_path):
     blocker = tmp_path / "live"
     blocker.write_text("a file where the directory should be")
     log = LiveLog(blocker / "run.jsonl")
@@ -39,7 +41,7 @@ def test_live_log_that_cannot_write_turns_off_without_raising(tmp_path):
     assert blocker.read_text() == "a file where the directory should be"
 
 
-def test_record_events_copies_every_stored_batch_to_the_live_log(store, tmp_path):
+def test_record_events_with_live_log(store, tmp_path):
     path = tmp_path / "run.jsonl"
     log = LiveLog(path)
     run_id = store.create_run("train", FAST)
@@ -51,7 +53,7 @@ def test_record_events_copies_every_stored_batch_to_the_live_log(store, tmp_path
     assert read_lines(path) == [event for _, event in store.events(run_id)] == events
 
 
-def test_worker_writes_the_live_file_while_training_and_removes_it_at_the_end(store):
+def test_worker_live_file_lifetime(store):
     run_id = jobs.submit(store, "train", RunConfig(train=TrainConfig(epochs=200)).to_dict())
     path = store.live_path(run_id)
     wait_for(lambda: path.exists() and sum(e["type"] == "step" for e in read_lines(path)) >= 5,
@@ -75,16 +77,15 @@ def test_live_file_of_deleted_and_interrupted_runs(store):
     store.delete_run(running)
     assert not path.exists()
 
-    gone = add_run(store, losses=[1.0], status="running")
-    store.live_path(gone).write_text('{"type":"step"}\n')
-    with store._connect() as db:  # a pid that no process has
-        db.execute("UPDATE runs SET pid = ? WHERE id = ?", (2 ** 22 + 17, gone))
-    assert store.mark_interrupted(now=time.time()) == [gone]
-    assert not store.live_path(gone).exists()
+    orphaned = add_run(store, losses=[1.0], status="running")
+    store.live_path(orphaned).write_text('{"type":"step"}\n')
+    with store._connect() as db:  # above Linux's largest pid (2**22), so no process has it
+        db.execute("UPDATE runs SET pid = ? WHERE id = ?", (2 ** 22 + 17, orphaned))
+    assert store.mark_interrupted(now=time.time()) == [orphaned]
+    assert not store.live_path(orphaned).exists()
 
 
 def test_live_path_with_invalid_run_id(store):
-    import pytest
     with pytest.raises(ValueError):
         store.live_path("../runs.db")
     assert RunStore(store.home).live_path("20261205-000000-abcdef").parent == store.home / "live"

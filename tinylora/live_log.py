@@ -2,8 +2,8 @@
 
 The Train page's charts fetch this file over HTTP several times a second (the Streamlit server serves the
 directory as a component's static files). A script run per chart update made the browser re-render the page
-each time, which on a 2-core machine took CPU from the training worker; a fetch and a canvas redraw cost far
-less. The store stays the record: the worker appends here what it has just stored and removes the file when
+each time, and on a 2-core machine that took CPU from the training worker. A fetch and a canvas redraw cost
+far less. The store stays the record: the worker appends here what it has just stored and removes the file when
 the run ends, and a page that cannot read the file draws from the store instead.
 """
 
@@ -15,7 +15,7 @@ log = logging.getLogger("tinylora.live_log")
 
 
 class LiveLog:
-    """Appends events to one run's live file. A write that fails turns the log off and training goes on."""
+    """The writer of one run's live file. A write that fails turns the log off, and training goes on."""
 
     def __init__(self, path: Path):
         self.path = path

@@ -200,8 +200,8 @@ class RunStore:
         return self.home / "runs" / check_run_id(run_id)
 
     def live_path(self, run_id: str) -> Path:
-        """The file of a training run's events while it trains (see `tinylora.live_log`), in a directory of
-        its own because the app serves that directory over HTTP."""
+        """Return the path of a training run's events file while it trains (see `tinylora.live_log`). The
+        file has a directory of its own because the app serves that directory over HTTP."""
         return self.home / "live" / f"{check_run_id(run_id)}.jsonl"
 
     def remove_live_file(self, run_id: str) -> None:

@@ -239,7 +239,7 @@ function formatSeconds(seconds) {
 }
 
 // The progress line above the charts, from the source with more steps.
-function drawProgress(view) {
+function drawProgress(view, charts) {
   const fromLog = view.log.steps.length > view.data.charts[0].count;
   const info = view.data.progress || (fromLog ? {} : null);
   const element = view.root.querySelector(".progress");
@@ -256,7 +256,7 @@ function drawProgress(view) {
     if (total) text += ` · about ${formatSeconds((total - step) / rate)} left`;
     text += ` · ${rate.toFixed(1)} steps per second`;
   }
-  const accuracy = current(view)[1].y;
+  const accuracy = charts[1].y;
   if (accuracy.length) text += ` · validation accuracy ${accuracy[accuracy.length - 1].toFixed(3)}`;
   if (info.stopping) text += " · stopping…";
   setText(element.querySelector(".progress-text"), text);
@@ -266,7 +266,7 @@ function drawProgress(view) {
 }
 
 // Fetch the live file now and every POLL_MS. Its first events, when the page was drawn before the run's first
-// step, and its removal (the run ended) each ask for a script run, which redraws the page for the run's news.
+// step, and its removal at the run's end each request a script run, which redraws the page for the change.
 function poll(view) {
   if (view.timer) return;
   const fetchLog = async () => {
@@ -322,16 +322,18 @@ export default function (component) {
     view = { root, hover: {}, data: null, log: emptyLog(), panels: [...root.querySelectorAll(".panel")] };
     view.font = getComputedStyle(root).fontFamily || "sans-serif";
     // Each poll brings new loss points, but the accuracy chart changes once an epoch: a chart is drawn
-    // again only when what it shows, its size or the pointer over it changed.
+    // again only when a script run sent new data, or its points, axes, size or the pointer over it changed.
     view.drawn = [];
+    view.generation = 0;
     view.redraw = () => {
-      drawProgress(view);
       const charts = current(view);
+      drawProgress(view, charts);
       view.panels.forEach((panel, i) => {
         const chart = charts[i];
         const canvas = panel.querySelector("canvas");
         const hover = view.hover[i] ?? null;
-        const drawn = JSON.stringify([chart.count, chart.x_range, chart.y_range, hover, canvas.clientWidth]);
+        const drawn = JSON.stringify([view.generation, chart.count, chart.x_range, chart.y_range, hover,
+          canvas.clientWidth]);
         if (view.drawn[i] === drawn) return;
         view.drawn[i] = drawn;
         setText(panel.querySelector(".title"), chart.title);
@@ -358,6 +360,7 @@ export default function (component) {
     view.triggered = {};
   }
   view.data = data;
+  view.generation += 1; // possibly another run's data with the same number of points
   view.setTriggerValue = setTriggerValue;
   view.redraw();
   if (data.live_url) poll(view);

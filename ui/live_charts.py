@@ -1,11 +1,11 @@
-"""The run view's two charts while a run trains, drawn on canvases by a small component (`live_charts.js`).
+"""The Train page's run charts, drawn on canvases by a small component (`live_charts.js`).
 
 Each chart update through a script run made the browser re-render the page, and a Plotly chart lays out its
 whole figure each time. At 4 updates a second that kept the browser's renderer busy for about 0.4 of a core,
 and a training worker on the same two cores lacked that time. So the component fetches the run's live file
 (`tinylora.live_log`) 5 times a second, served by the Streamlit server as a component's static files, and
 redraws two lines and their axes. Script runs still send the store's data every few seconds, which is what
-the charts show when the file cannot be read. Once the run ends, the run view draws it with Plotly.
+the charts show when the file cannot be read, and what they show of an ended run.
 """
 
 import math
@@ -51,13 +51,13 @@ def thin(xs: list[float], ys: list[float], limit: int = MAX_POINTS) -> tuple[lis
     if n <= limit:
         return list(xs), list(ys)
     size = math.ceil(2 * n / limit)
-    kept: list[int] = []
+    indices: list[int] = []
     for start in range(0, n, size):
         bucket = range(start, min(start + size, n))
-        kept.extend(sorted({min(bucket, key=ys.__getitem__), max(bucket, key=ys.__getitem__)}))
-    if kept[-1] != n - 1:
-        kept.append(n - 1)
-    return [xs[i] for i in kept], [ys[i] for i in kept]
+        indices.extend(sorted({min(bucket, key=ys.__getitem__), max(bucket, key=ys.__getitem__)}))
+    if indices[-1] != n - 1:
+        indices.append(n - 1)
+    return [xs[i] for i in indices], [ys[i] for i in indices]
 
 
 _served: dict[Path, str] = {}
@@ -95,12 +95,17 @@ def planned_steps(train: dict) -> int:
             * train.get("epochs", defaults.epochs))
 
 
-def live_chart_data(p: RunProgress) -> dict:
-    train = p.run.config.get("train", {})
-    # Before its start event (queued, or preparing) a run's length follows from its settings.
-    steps_total = p.steps_total or planned_steps(train) or max(p.steps, default=0) or 1
-    epochs = train.get("epochs") or max(p.eval_epochs, default=0) or 1
-    return chart_data(p.steps, p.losses, p.eval_epochs, p.eval_accs, steps_total, epochs)
+def run_steps_total(progress: RunProgress) -> int:
+    """Return a run's number of steps: from its start event, or before it (queued, or preparing) from its
+    settings."""
+    train = progress.run.config.get("train", {})
+    return progress.steps_total or planned_steps(train) or max(progress.steps, default=0) or 1
+
+
+def live_chart_data(progress: RunProgress) -> dict:
+    epochs = progress.run.config.get("train", {}).get("epochs") or max(progress.eval_epochs, default=0) or 1
+    return chart_data(progress.steps, progress.losses, progress.eval_epochs, progress.eval_accs,
+                      run_steps_total(progress), epochs)
 
 
 def empty_live_charts(key: str, steps_total: int, epochs: int) -> None:
@@ -117,7 +122,7 @@ def live_charts(store: RunStore, progress: RunProgress, key: str) -> None:
     data = live_chart_data(progress)
     run = progress.run
     if run.status == "running" and not (progress.step == 0 and progress.status_message):
-        data["progress"] = {"step": progress.step, "steps_total": progress.steps_total,
+        data["progress"] = {"step": progress.step, "steps_total": run_steps_total(progress),
                             "seconds": progress.seconds, "stopping": bool(run.stop_requested)}
     if run.active and run.kind == "train":
         data["live_url"] = live_url(store, run.id)
