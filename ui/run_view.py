@@ -113,9 +113,9 @@ def live_run_view(store: RunStore, run_id: str, key: str = "run") -> RunProgress
     """Draw a run and keep it updating while it is queued or running; return its progress at draw time.
 
     One fragment draws the status line, the canvas component of `ui.live_charts` and the metrics. While the
-    run is active, the component follows the run's live file by itself several times a second, and the
-    fragment runs again every REFRESH_RUN_SECONDS, and when the component reads the run's first events or
-    finds its file gone. Each script run makes the browser re-render the page, and on a 2-core machine that
+    run is active, the component follows the run's live file by itself several times a second. The fragment
+    runs again every REFRESH_RUN_SECONDS, and whenever the component reads the run's first events or finds
+    its file gone. Each script run makes the browser re-render the page, and on a 2-core machine that
     rendering takes CPU from the training worker. An ended run is drawn by the same component from the store.
     """
     cache_key = f"_progress_{key}"
