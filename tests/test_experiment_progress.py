@@ -7,7 +7,8 @@ import pytest
 from run_factory import run_job
 from tinylora.experiment_progress import (adapter_curves, forgetting_row, forgetting_table, forgetting_timeline,
                                           learns_less_base, learns_less_frame, phase_spans, read_experiment)
-from tinylora.forgetting import default_params, run_forgetting, run_learns_less
+from tinylora.forgetting import default_params, run_forgetting
+from tinylora.learns_less import run_learns_less
 from tinylora.store import RunStore
 
 TINY_TRAIN = {"n_train": 64, "n_val": 32, "batch_size": 16}

@@ -12,9 +12,10 @@ from tinylora.adapters import load_adapters
 from tinylora.config import RunConfig, TrainConfig
 from tinylora.experiments import (ADAPTERS_DIR, AdaptersSpec, adapters_job, build_adapter_model, cross_evaluate,
                                   make_task_data, run_adapters, train_phase, validate_adapters_params)
-from tinylora.forgetting import (STRATEGIES, ForgettingSpec, LearnsLessSpec, default_params, forgetting_job,
-                                 learns_less_job, run_forgetting, run_learns_less, task_evaluator,
-                                 validate_forgetting_params, validate_learns_less_params)
+from tinylora.forgetting import (STRATEGIES, ForgettingSpec, default_params, forgetting_job, run_forgetting,
+                                 validate_forgetting_params)
+from tinylora.learns_less import (LearnsLessSpec, learns_less_job, run_learns_less, task_evaluator,
+                                  validate_learns_less_params)
 from tinylora.lora import LoRAConfig
 from tinylora.training import evaluate, prepare_run
 

@@ -42,7 +42,7 @@ JOB_KINDS = {
     "sweep": "tinylora.sweep_jobs:sweep_job",
     "adapters": "tinylora.experiments:adapters_job",
     "forgetting": "tinylora.forgetting:forgetting_job",
-    "learns_less": "tinylora.forgetting:learns_less_job",
+    "learns_less": "tinylora.learns_less:learns_less_job",
 }
 COORDINATOR_KINDS = ("sweep",)  # kinds that start other runs and train nothing themselves
 
@@ -170,7 +170,7 @@ def validate_job(kind: str, params: dict[str, Any]) -> dict[str, Any]:
         from .forgetting import validate_forgetting_params
         return validate_forgetting_params(params)
     if kind == "learns_less":
-        from .forgetting import validate_learns_less_params
+        from .learns_less import validate_learns_less_params
         return validate_learns_less_params(params)
     return params
 

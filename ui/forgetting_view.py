@@ -9,7 +9,8 @@ import streamlit as st
 from tinylora import jobs
 from tinylora.experiment_progress import (ExperimentProgress, forgetting_table, forgetting_timeline,
                                           learns_less_base, learns_less_frame, phase_spans, read_experiment)
-from tinylora.forgetting import MAX_REPLAY_FRACTION, STRATEGIES, ForgettingSpec, LearnsLessSpec, default_params
+from tinylora.forgetting import MAX_REPLAY_FRACTION, STRATEGIES, ForgettingSpec, default_params
+from tinylora.learns_less import LearnsLessSpec
 from tinylora.store import Run, RunStore, StoreError
 from tinylora.tasks import TASKS
 
