@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tinylora.adapter_loading import load_adapter
-from tinylora.adapters import AdapterModel, load_adapters, save_adapters
+from tinylora.adapter_sets import load_adapters, save_adapters
+from tinylora.adapters import AdapterModel
 from tinylora.config import TrainConfig
 from tinylora.experiments import cross_evaluate, mix_adapters, predict_each_adapter
 from tinylora.lora import LoRAConfig, lora_layers

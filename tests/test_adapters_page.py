@@ -7,7 +7,7 @@ from conftest import ROOT, stop_runner, wait_for
 from run_factory import run_job
 from streamlit.testing.v1 import AppTest
 from tinylora import jobs
-from tinylora.adapters import load_adapters
+from tinylora.adapter_sets import load_adapters
 from tinylora.config import RunConfig, TrainConfig
 from tinylora.experiments import ADAPTERS_DIR, predict_each_adapter
 from tinylora.store import RunStore

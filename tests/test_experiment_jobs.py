@@ -4,7 +4,7 @@ import pytest
 
 from conftest import wait_for
 from tinylora import capacity, jobs
-from tinylora.adapters import load_adapters
+from tinylora.adapter_sets import load_adapters
 from tinylora.experiments import ADAPTERS_DIR
 from tinylora.forgetting import default_params
 

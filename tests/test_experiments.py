@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tinylora.adapters import load_adapters
+from tinylora.adapter_sets import load_adapters
 from tinylora.config import RunConfig, TrainConfig
 from tinylora.experiments import (ADAPTERS_DIR, AdaptersSpec, adapters_job, build_adapter_model, cross_evaluate,
                                   make_task_data, run_adapters, train_phase, validate_adapters_params)

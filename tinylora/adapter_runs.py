@@ -1,6 +1,6 @@
 """Adapters saved by runs, loaded back for evaluation: an adapters run's set, and a train run's single adapter.
 
-An "adapters" job saves its frozen base and one adapter per task with `tinylora.adapters.save_adapters`, so
+An "adapters" job saves its frozen base and one adapter per task with `tinylora.adapter_sets.save_adapters`, so
 `load_adapter_set` rebuilds the `AdapterModel` and the validation sets its matrix was computed on. A "train"
 (or "upload") run saves one adapter in PEFT's layout under `runs/<id>/adapter`. `load_run_adapter` loads that
 adapter over the run's own base. When that base is the adapter set's base (the same random initialisation,
@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from .adapter_files import read_adapter
-from .adapters import AdapterModel, load_adapters
+from .adapter_sets import load_adapters
+from .adapters import AdapterModel
 from .config import RANDOM_BASE, RunConfig
 from .experiments import ADAPTERS_DIR, AdaptersSpec, cross_evaluate, predict_each_adapter
 from .lora import TARGETABLE

@@ -139,7 +139,7 @@ def zip_adapter(directory: str | os.PathLike) -> bytes:
 
 
 def zip_adapter_set(directory: str | os.PathLike) -> bytes:
-    """Return a zip archive of an adapter set saved by `tinylora.adapters.save_adapters`, folders kept.
+    """Return a zip archive of an adapter set saved by `tinylora.adapter_sets.save_adapters`, folders kept.
 
     Each adapter folder is read and checked first, as `zip_adapter` does for one adapter, and the member
     timestamps are fixed, so the same set always zips to the same bytes.

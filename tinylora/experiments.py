@@ -32,7 +32,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .adapters import AdapterModel, save_adapters
+from .adapter_sets import save_adapters
+from .adapters import AdapterModel
 from .config import RunConfig, TrainConfig, target_shapes
 from .lora import LoRAConfig
 from .model import ModelConfig, TinyClassifier, count_parameters
