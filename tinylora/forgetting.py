@@ -175,14 +175,21 @@ def build_forgetting_model(spec: ForgettingSpec, model_config: ModelConfig) -> n
     return model
 
 
+def two_task_data(task_a: str, task_b: str, train: TrainingSettings,
+                  task_ids: bool) -> tuple[ModelConfig, dict[str, tuple[Data, Data]], dict[str, Data]]:
+    """Return the model config for tasks A and B, their data as {task: (training, validation)} and their
+    validation data by task; with `task_ids`, A's examples carry task id 0 and B's task id 1."""
+    model_config = ModelConfig(n_task_ids=2 if task_ids else 0)
+    data = make_task_data([task_a, task_b], train.phase_config(1), task_ids, model_config)
+    return model_config, data, {task_a: data[task_a][1], task_b: data[task_b][1]}
+
+
 def run_forgetting(params: Mapping[str, Any], should_stop: Callable[[], bool] = lambda: False) -> Iterator[dict]:
     """Run one forgetting strategy and yield its events (see the module docstring)."""
     spec = ForgettingSpec.from_params(params)
     start = time.perf_counter()
     a, b = spec.task_a, spec.task_b
-    model_config = ModelConfig(n_task_ids=2 if spec.uses_task_ids else 0)
-    data = make_task_data([a, b], spec.train.phase_config(1), spec.uses_task_ids, model_config)
-    val_sets = {a: data[a][1], b: data[b][1]}
+    model_config, data, val_sets = two_task_data(a, b, spec.train, spec.uses_task_ids)
     model = build_forgetting_model(spec, model_config)
     phases = plan_phases(spec, data)
 

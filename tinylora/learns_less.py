@@ -28,10 +28,10 @@ import torch.nn as nn
 
 from .adapters import AdapterModel, ModulesToSaveWrapper
 from .config import RunConfig
-from .experiments import json_params, make_task_data, spec_from_params, train_phase
-from .forgetting import TrainingSettings, check_tasks
+from .experiments import json_params, spec_from_params, train_phase
+from .forgetting import TrainingSettings, check_tasks, two_task_data
 from .lora import LoRAConfig
-from .model import ModelConfig, TinyClassifier, count_parameters
+from .model import TinyClassifier, count_parameters
 from .training import Data, evaluate
 
 
@@ -100,9 +100,7 @@ def run_learns_less(params: Mapping[str, Any], should_stop: Callable[[], bool] =
     spec = LearnsLessSpec.from_params(params)
     start = time.perf_counter()
     a, b = spec.task_a, spec.task_b
-    model_config = ModelConfig(n_task_ids=2 if spec.task_ids else 0)
-    data = make_task_data([a, b], spec.train.phase_config(1), spec.task_ids, model_config)
-    val_sets = {a: data[a][1], b: data[b][1]}
+    model_config, data, val_sets = two_task_data(a, b, spec.train, spec.task_ids)
     runs = spec.runs()
     steps_a = math.ceil(spec.train.n_train / spec.train.batch_size) * spec.base_epochs
     steps_b = math.ceil(spec.train.n_train / spec.train.batch_size) * spec.epochs
